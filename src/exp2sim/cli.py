@@ -223,5 +223,183 @@ def demo(
         run_demo(out, console)
 
 
+@app.command()
+def spectrum(
+    model: Annotated[str, typer.Argument(help="Built-in model name or a .toml model file.")],
+    out: Annotated[Path, typer.Option(help="Output file: .npy (float array) or .h5.")],
+    params: Annotated[
+        str | None, typer.Option(help="Comma-separated parameters in the model's order.")
+    ] = None,
+    kind: Annotated[str, typer.Option(help="mosaic, volume or cut.")] = "mosaic",
+    resolution: Annotated[str, typer.Option(help="none, gaussian or montecarlo.")] = "none",
+    ei: Annotated[float, typer.Option(help="Incident energy (meV) of a volume or cut.")] = 140.0,
+    frequency: Annotated[float, typer.Option(help="Fermi chopper frequency (Hz).")] = 400.0,
+    n_mc: Annotated[int, typer.Option(help="Monte Carlo samples per bin.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the Monte Carlo noise.")] = 0,
+    plot: Annotated[Path | None, typer.Option(help="Also write a PNG of the spectrum.")] = None,
+) -> None:
+    """One spectrum on demand, in the layout of the real MAPS data (NaN where masked)."""
+    with user_errors():
+        from exp2sim.spectra.generate import SimulationConfig
+        from exp2sim.spectra.single import write_single_spectrum
+
+        config = SimulationConfig(
+            model=model,
+            n=1,
+            kind=kind,
+            resolution=resolution,
+            seed=seed,
+            n_mc=n_mc,
+            ei=ei,
+            frequency=frequency,
+        )
+        write_single_spectrum(config, params, out, plot)
+        err_console.print(f"wrote {out}" + (f" and {plot}" if plot else ""))
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Output HDF5 file.")],
+    model: Annotated[str, typer.Option(help="Built-in model name or a .toml model file.")] = (
+        "goodenough"
+    ),
+    n: Annotated[int, typer.Option(help="Number of spectra.")] = 100,
+    kind: Annotated[str, typer.Option(help="mosaic, volume or cut.")] = "mosaic",
+    resolution: Annotated[str, typer.Option(help="none, gaussian or montecarlo.")] = "none",
+    seed: Annotated[int, typer.Option(help="Seed of the parameter draws and the noise.")] = 0,
+    n_mc: Annotated[int, typer.Option(help="Monte Carlo samples per bin.")] = 32,
+    ei: Annotated[float, typer.Option(help="Incident energy (meV) of volumes and cuts.")] = 140.0,
+    frequency: Annotated[float, typer.Option(help="Fermi chopper frequency (Hz).")] = 400.0,
+    chunk: Annotated[int, typer.Option(help="Spectra per task.")] = 4,
+    workers: Annotated[int | None, typer.Option(help="Local Dask workers (default: cores).")] = (
+        None
+    ),
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of a running Dask scheduler (e.g. on SLURM).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT and unfinished work.")] = False,
+) -> None:
+    """Generate a dataset of spectra with parameters drawn from the model's training ranges.
+
+    Interrupt it at any moment (Ctrl-C, kill -9): the same command resumes without losing or
+    repeating finished spectra, and gives the same file as an uninterrupted run.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with user_errors():
+        from exp2sim.spectra.generate import Job, SimulationConfig
+
+        if workers is not None and workers < 1:
+            raise ValueError("--workers must be at least 1")
+        config = SimulationConfig(
+            model=model,
+            n=n,
+            kind=kind,
+            resolution=resolution,
+            seed=seed,
+            n_mc=n_mc,
+            ei=ei,
+            frequency=frequency,
+            chunk=chunk,
+        )
+        job = Job(config, out, overwrite=overwrite)
+        columns = (
+            TextColumn("[bold]simulating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        t0 = [None, 0]
+        with Progress(*columns, console=err_console, transient=False) as bar:
+            task = bar.add_task("simulate", total=n, rate="")
+
+            def update(done: int, total: int) -> None:
+                import time as _time
+
+                if t0[0] is None:
+                    t0[0], t0[1] = _time.perf_counter(), done
+                dt = _time.perf_counter() - t0[0]
+                rate = f"{(done - t0[1]) / dt:.2f} spectra/s" if dt > 0 and done > t0[1] else ""
+                bar.update(task, completed=done, rate=rate)
+
+            try:
+                summary = job.run(workers=workers, scheduler=scheduler, progress=update)
+            except KeyboardInterrupt:
+                done = len(job.done()) if job.parts.exists() else 0
+                err_console.print(
+                    f"interrupted: {done} finished chunks kept in {job.parts}; run the same "
+                    "command to resume"
+                )
+                raise typer.Exit(code=130) from None
+        err_console.print(
+            f"wrote {out}: {summary['n']} spectra ({summary['computed']} computed now in "
+            f"{summary['seconds']:.1f} s)"
+        )
+
+
+@app.command()
+def info(path: Annotated[Path, typer.Argument(help="An exp2sim dataset (.h5).")]) -> None:
+    """Summarise a dataset."""
+    with user_errors():
+        from exp2sim.spectra.dataset import read_dataset
+
+        d = read_dataset(path)
+        table = Table(title=f"{path}")
+        table.add_column("field")
+        table.add_column("value")
+        c = d.config
+        table.add_row("model", ", ".join(d.models))
+        table.add_row("spectra", f"{d.n} of shape {' x '.join(map(str, d.shape))}")
+        table.add_row("kind / resolution", f"{d.kind} / {d.resolution}")
+        table.add_row("masked pixels", f"{d.mask.mean():.1%}")
+        finite = d.signal[:, ~d.mask]
+        table.add_row(
+            "intensity",
+            f"min {np.nanmin(finite):.3g}, median {np.nanmedian(finite):.3g}, "
+            f"max {np.nanmax(finite):.3g}",
+        )
+        for i, name in enumerate(d.parameter_names):
+            p = d.parameters[:, i]
+            table.add_row(
+                f"parameter {name}", f"{p.min():.4g} .. {p.max():.4g} (mean {p.mean():.4g})"
+            )
+        table.add_row("seed / n_mc", f"{c.get('seed')} / {c.get('n_mc')}")
+        table.add_row("rejected unstable draws", str(d.n_rejected))
+        console.print(table)
+
+
+@app.command()
+def show(
+    path: Annotated[Path, typer.Argument(help="An exp2sim dataset (.h5).")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+    index: Annotated[int, typer.Option(help="Which spectrum (0-based).")] = 0,
+) -> None:
+    """Plot one spectrum of a dataset with labelled axes."""
+    with user_errors():
+        from exp2sim.spectra.dataset import read_dataset
+        from exp2sim.spectra.plotting import plot_spectrum
+
+        if out.suffix.lower() != ".png":
+            raise ValueError(f"--out needs a .png file name, got {str(out)!r}")
+        d = read_dataset(path)
+        if not 0 <= index < d.n:
+            raise ValueError(f"--index must be between 0 and {d.n - 1}, got {index}")
+        title = ", ".join(
+            f"{n}={v:.3g}" for n, v in zip(d.parameter_names, d.parameters[index], strict=True)
+        )
+        plot_spectrum(d.signal[index], d.kind, d.config, out, title=f"{d.models[0]}: {title}")
+        err_console.print(f"wrote {out}")
+
+
 if __name__ == "__main__":
     app()

@@ -77,6 +77,52 @@ class SpinWaveResult:
     stable: np.ndarray
 
 
+@dataclass
+class LayerModes:
+    """Modes of a layered system at in-plane wave vectors; intensities at any L follow.
+
+    q: (Q, 3) in-plane wave vectors (conventional r.l.u., l = 0); energies: (P, T, Q, N)
+    meV; amplitudes: (P, T, Q, N, G, 3) one-magnon amplitudes of each site group in the
+    laboratory frame, without form factor and without the phase e^{2 pi i L z}; group_z (G,):
+    fractional z of each group in the LSWT cell; group_ion (G,): form-factor ion; l_sign (T,):
+    +-1, the sign L takes in each twin's crystal frame; l_scale: LSWT-cell l per
+    conventional l; twin_weights (T,); stable (P,).
+    """
+
+    q: np.ndarray
+    energies: np.ndarray
+    amplitudes: np.ndarray
+    group_z: np.ndarray
+    group_ion: tuple[str | None, ...]
+    l_sign: np.ndarray
+    l_scale: float
+    twin_weights: np.ndarray
+    stable: np.ndarray
+
+    def sperp(
+        self,
+        amplitudes: np.ndarray,
+        twin: int,
+        l_rlu: np.ndarray,
+        q_abs: np.ndarray,
+        q_hat: np.ndarray,
+    ) -> np.ndarray:
+        """S_perp per mode from group amplitudes (..., N, G, 3) of one twin at conventional
+        l (...), |Q| (...) in inverse Angstrom and unit Q (..., 3) in the laboratory frame.
+        Returns (..., N)."""
+        phase = np.exp(
+            2j
+            * np.pi
+            * (self.l_sign[twin] * self.l_scale)
+            * np.asarray(l_rlu)[..., None]
+            * self.group_z
+        )  # (..., G)
+        ff = np.stack([form_factor(ion, q_abs) for ion in self.group_ion], axis=-1)
+        m = np.einsum("...nga,...g->...na", amplitudes, phase * ff)
+        along = np.einsum("...na,...a->...n", m, q_hat)
+        return (np.abs(m) ** 2).sum(-1) - np.abs(along) ** 2
+
+
 class SpinWaveTheory:
     """Compiled LSWT for one spin system; evaluate it for many Q and parameter sets at once.
 
@@ -350,11 +396,86 @@ class SpinWaveTheory:
             stable=(~unstable).cpu().numpy(),
         )
 
+    def layer_modes(
+        self,
+        q_rlu: np.ndarray,
+        params: np.ndarray | None = None,
+        *,
+        twins: bool = True,
+        crystal_frame: bool = False,
+    ) -> LayerModes:
+        """Modes at in-plane wave vectors with the dependence on L left analytic.
+
+        For layered systems (no bond along c) energies and eigenvectors do not depend on L;
+        the intensity does, through e^{2 pi i L z_i} and the form factor. Sites are grouped
+        by (z, ion) and the amplitudes of each group are returned, so that intensities at
+        any L follow cheaply from `LayerModes.sperp`. q_rlu: (Q, 3) conventional r.l.u.
+        (the l column is ignored). Every twin must keep c along +-c. With crystal_frame the
+        same q are used in every twin's own crystal frame (for tables of modes indexed by
+        crystal wave vector); amplitudes are always returned in the laboratory frame.
+        """
+        if np.any(self._d.cpu().numpy()[:, 2] != 0):
+            raise ValueError("layer_modes needs a layered system: a bond crosses cells along c")
+        q = np.asarray(q_rlu, dtype=float)
+        if q.ndim != 2 or q.shape[1] != 3 or not np.all(np.isfinite(q)):
+            raise ValueError("Q must be a finite array of shape (n, 3)")
+        q = q.copy()
+        q[:, 2] = 0.0
+        s = self.system
+        recip = s.lattice.reciprocal
+        if not np.allclose(recip[:2, 2], 0) or not np.allclose(recip[2, :2], 0):
+            raise ValueError("layer_modes needs c* perpendicular to a* and b*")
+        twin_list = s.twins if twins else s.twins[:1]
+        l_sign = []
+        for t in twin_list:
+            r = t.rotation
+            if not (np.allclose(r[2, :2], 0) and np.allclose(r[:2, 2], 0)):
+                raise ValueError("layer_modes needs twins that keep c along +-c")
+            l_sign.append(float(np.sign(r[2, 2])))
+        keys = sorted({(round(site.position[2], 9), site.ion or "") for site in s.sites})
+        member = np.array(
+            [[(round(st.position[2], 9), st.ion or "") == key for key in keys] for st in s.sites],
+            dtype=float,
+        )
+        groups = torch.tensor(member, dtype=torch.float64, device=self.device)
+        w = self.parameter_weights(params)
+        conv_recip = recip * np.asarray(s.supercell, dtype=float)[:, None]
+        q_lab = q @ conv_recip
+        inv_recip = np.linalg.inv(recip)
+        energies, amps = [], []
+        unstable = torch.zeros(len(w), dtype=torch.bool, device=self.device)
+        for twin in twin_list:
+            q_crys = q_lab if crystal_frame else q_lab @ twin.rotation
+            k = torch.tensor(q_crys @ inv_recip, dtype=torch.float64, device=self.device)
+            e_t, amp, bad = self._observe(k, torch.zeros_like(k), w, False, groups)
+            rot = torch.tensor(twin.rotation, dtype=torch.complex128, device=self.device)
+            energies.append(e_t)
+            amps.append(amp @ rot.T)
+            unstable |= bad.any(-1)
+        weights = np.array([t.weight for t in twin_list], dtype=float)
+        return LayerModes(
+            q=q,
+            energies=torch.stack(energies, 1).cpu().numpy(),
+            amplitudes=torch.stack(amps, 1).cpu().numpy(),
+            group_z=np.array([key[0] for key in keys]),
+            group_ion=tuple(key[1] or None for key in keys),
+            l_sign=np.array(l_sign),
+            l_scale=float(s.supercell[2]),
+            twin_weights=weights / weights.sum(),
+            stable=(~unstable).cpu().numpy(),
+        )
+
     def _observe(
-        self, k: torch.Tensor, q_cart: torch.Tensor, w: torch.Tensor, formfactor: bool
+        self,
+        k: torch.Tensor,
+        q_cart: torch.Tensor,
+        w: torch.Tensor,
+        formfactor: bool,
+        groups: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Energies (P, Q, N), one-magnon amplitudes (P, Q, N, 3) in the crystal frame and
-        the instability mask (P, Q).
+        """Energies (P, Q, N), one-magnon amplitudes (P, Q, N, 3) in the crystal frame (or
+        per site group, (P, Q, N, G, 3), if `groups` (N_sites, G) is given) and the
+        instability mask (P, Q).
 
         Each distinct reduced wave vector is solved once. Work goes in chunks of `chunk`
         (P x Q) problems; on a CPU the chunks run on a thread pool, because batched small
@@ -363,18 +484,28 @@ class SpinWaveTheory:
         kp, inverse = self._unique_wavevectors(k)
         ff = self._form_factors(q_cart) if formfactor else None
         order = torch.argsort(inverse, stable=True)  # wave vectors grouped by reduced k
-        ends = torch.cumsum(torch.bincount(inverse, minlength=len(kp)), 0).tolist()
-        step = max(1, self.chunk // len(w))
-        bounds = [(u0, min(u0 + step, len(kp))) for u0 in range(0, len(kp), step)]
+        counts = torch.bincount(inverse, minlength=len(kp))
+        ends = torch.cumsum(counts, 0).tolist()
+        bounds = self._chunks(counts.tolist(), len(w))
 
         def work(u0: int, u1: int) -> tuple[torch.Tensor, ...]:
             omega, x, y, bad = self.solve(kp[u0:u1], w)
             idx = order[(ends[u0 - 1] if u0 else 0) : ends[u1 - 1]]
-            if len(idx) != u1 - u0:  # some wave vectors share a solution
-                local = inverse[idx] - u0
-                omega, x, y, bad = omega[:, local], x[:, local], y[:, local], bad[:, local]
-            amp = self._amplitudes(k[idx], x, y, None if ff is None else ff[idx])
-            return idx, omega, amp, bad
+            local = inverse[idx] - u0
+            # per wave vector: phase_i sqrt(S_i / 2) (u_i, conj(u_i)) [x F_i], (Qc, 2N, 3)
+            phase = torch.exp(2j * np.pi * (k[idx] @ self._pos.T)) * torch.sqrt(self._spins / 2)
+            if ff is not None:
+                phase = phase * ff[idx]
+            uu = torch.cat([self._u, self._u.conj()], dim=0)  # (2N, 3)
+            weights = phase.repeat(1, 2)[..., None] * uu
+            if groups is not None:  # separate columns for each site group
+                member = groups.repeat(2, 1).to(weights.dtype)  # (2N, G)
+                weights = (weights[:, :, None, :] * member[None, :, :, None]).flatten(2)
+            xy_t = torch.cat([x, y], dim=-2).conj().transpose(-1, -2)  # (P, U, N, 2N)
+            amp = _expand_runs(xy_t, weights, local, counts[u0:u1])  # (P, Qc, N, C)
+            if groups is not None:
+                amp = amp.unflatten(-1, (groups.shape[1], 3))
+            return idx, omega[:, local], amp, bad[:, local]
 
         threads = torch.get_num_threads() if self.device.type == "cpu" else 1
         if threads > 1 and len(bounds) > 1:
@@ -389,16 +520,31 @@ class SpinWaveTheory:
             parts = [work(*b) for b in bounds]
         n_p, n_q, n = len(w), len(k), self.n_modes
         energies = torch.empty((n_p, n_q, n), dtype=torch.float64, device=self.device)
-        amps = torch.empty((n_p, n_q, n, 3), dtype=torch.complex128, device=self.device)
+        amp_shape = (n_p, n_q, n, 3) if groups is None else (n_p, n_q, n, groups.shape[1], 3)
+        amps = torch.empty(amp_shape, dtype=torch.complex128, device=self.device)
         bad = torch.empty((n_p, n_q), dtype=torch.bool, device=self.device)
         for idx, e_part, a_part, b_part in parts:
             energies[:, idx], amps[:, idx], bad[:, idx] = e_part, a_part, b_part
         return energies, amps, bad
 
+    def _chunks(self, counts: list[int], n_params: int) -> list[tuple[int, int]]:
+        """Ranges of distinct wave vectors holding about `chunk` (P x Q) problems each."""
+        limit = max(1, self.chunk // n_params)
+        bounds, start, load = [], 0, 0
+        for u, c in enumerate(counts):
+            load += c
+            if u + 1 - start >= limit or load >= limit:
+                bounds.append((start, u + 1))
+                start, load = u + 1, 0
+        if start < len(counts):
+            bounds.append((start, len(counts)))
+        return bounds
+
     def _unique_wavevectors(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h(k) depends on k only through k . d for the bond translations d: drop the
-        components of k that no translation sees (e.g. L for a single layer) and solve
-        each distinct remainder once. Returns (distinct reduced k, index into them)."""
+        """h(k) is periodic in the reciprocal lattice of the LSWT cell and depends on k only
+        through k . d for the bond translations d: fold k into one cell, drop the components
+        no translation sees (e.g. L for a single layer) and solve each distinct remainder
+        once. Returns (distinct reduced k, index into them)."""
         d = self._d.cpu().numpy()
         if np.abs(d).max() == 0:
             basis = np.zeros((0, 3))
@@ -406,6 +552,7 @@ class SpinWaveTheory:
             _, sv, vt = np.linalg.svd(d)
             basis = vt[: int(np.sum(sv > 1e-9 * sv[0]))]
         kk = k.cpu().numpy()
+        kk = kk - np.round(kk)  # h(k) is periodic in the reciprocal lattice of the LSWT cell
         proj = (kk @ basis.T) @ basis
         _, first, inverse = np.unique(
             np.round(proj, 10), axis=0, return_index=True, return_inverse=True
@@ -421,20 +568,31 @@ class SpinWaveTheory:
         cols = [form_factor(site.ion, qa) for site in self.system.sites]
         return torch.tensor(np.stack(cols, axis=-1), dtype=torch.float64, device=self.device)
 
-    def _amplitudes(
-        self, k: torch.Tensor, x: torch.Tensor, y: torch.Tensor, ff: torch.Tensor | None
-    ) -> torch.Tensor:
-        """One-magnon amplitudes M^a_n = sum_i F_i e^{2 pi i k.r_i} sqrt(S_i / 2)
-        (u_i^a conj(X_in) + conj(u_i^a) conj(Y_in)), (P, Q, N, 3); k includes L.
-        S^ab_n = M^a_n conj(M^b_n) per LSWT cell."""
-        phase = torch.exp(2j * np.pi * (k @ self._pos.T)) * torch.sqrt(self._spins / 2)  # (Q, N)
-        if ff is not None:
-            phase = phase * ff
-        # sum over sites i of phase_i * (u_i conj(X_in) + conj(u_i) conj(Y_in))
-        xy = torch.cat([x, y], dim=-2).conj()  # (P, Q, 2N, N)
-        uu = torch.cat([self._u, self._u.conj()], dim=0)  # (2N, 3)
-        weights = phase.repeat(1, 2)[..., None] * uu  # (Q, 2N, 3)
-        return xy.transpose(-1, -2) @ weights  # (P, Q, N, 3)
+
+def _expand_runs(
+    mat: torch.Tensor, weights: torch.Tensor, local: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
+    """mat_u(q) @ weights_q for many wave vectors q sharing eigenvectors.
+
+    mat: (P, U, N, M) per distinct reduced wave vector; weights: (Qc, M, C) per wave vector,
+    grouped by distinct vector (local: its index u, non-decreasing; counts: (U,) run
+    lengths). Returns (P, Qc, N, C). The runs are padded to equal length so that one
+    batched product serves them all.
+    """
+    n_u, m = mat.shape[1], mat.shape[-1]
+    n_q, c = weights.shape[0], weights.shape[-1]
+    if n_q == n_u:  # every wave vector distinct
+        return mat @ weights
+    run = int(counts.max())
+    if n_u * run > 4 * n_q + 1024:  # very uneven runs: gather instead of padding
+        return mat[:, local] @ weights
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(n_q, device=local.device) - starts[local]
+    padded = torch.zeros((n_u, run, m, c), dtype=weights.dtype, device=weights.device)
+    padded[local, slot] = weights
+    out = mat @ padded.permute(0, 2, 1, 3).reshape(n_u, m, run * c)  # (P, U, N, run * C)
+    out = out.unflatten(-1, (run, c)).transpose(2, 3)  # (P, U, run, N, C)
+    return out[:, local, slot]  # (P, Qc, N, C)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -1,0 +1,532 @@
+"""Spectra of a spin-wave model on a layout of (h, k, E) bins: unconvolved and convolved.
+
+Unconvolved: the model at each bin's (h, k) centre, every mode whose energy lies in the
+bin's energy range counted with its S_perp at the kinematic L of that energy, divided by the
+bin width (intensity per meV, averaged over the bin).
+
+Convolved: the same bin average taken over the instrument resolution, Monte Carlo
+(Tobyfit-style: random instrument variables mapped linearly to deviations in (h, k, l, E))
+or Gaussian (the covariance of the same model). See `ConvolvedSpectra`.
+
+Both use the layered structure of the spin system: energies and eigenvectors depend on the
+in-plane wave vector only, and L enters through a few analytic phases (LayerModes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import ndtr
+from scipy.stats import qmc
+
+from exp2sim.instrument.kinematics import kinematic_l
+from exp2sim.spectra.layout import Bins
+from exp2sim.spinwave.lattice import Lattice
+from exp2sim.spinwave.lswt import LayerModes, SpinWaveTheory
+from exp2sim.spinwave.models.base import SpinModel
+
+
+@dataclass(frozen=True)
+class Kinematics:
+    """Where each wave vector sits in the laboratory: the conventional lattice, the
+    crystal's rotation psi (degrees) about the beam (c along the incident beam) and small
+    tilts of c away from the beam (degrees about x and y; see instrument.kinematics)."""
+
+    lattice: Lattice
+    psi: float = 0.0
+    tilt: tuple[float, float] = (0.0, 0.0)
+
+    def q_lab(self, h: np.ndarray, k: np.ndarray, l_rlu: np.ndarray) -> np.ndarray:
+        """Cartesian Q (..., 3) in inverse Angstrom of r.l.u. (h, k, l), crystal frame."""
+        hkl = np.stack(np.broadcast_arrays(h, k, l_rlu), axis=-1)
+        return hkl @ self.lattice.reciprocal
+
+
+def conventional_lattice(model: SpinModel) -> Lattice:
+    """The cell in whose r.l.u. a model's wave vectors are given."""
+    lat = model.system.lattice
+    na, nb, nc = model.system.supercell
+    return Lattice(lat.a / na, lat.b / nb, lat.c / nc, lat.alpha, lat.beta, lat.gamma)
+
+
+class UnconvolvedSpectra:
+    """Unconvolved spectra of one model on one layout (many parameter sets).
+
+    Example:
+        calc = UnconvolvedSpectra(load_model("goodenough"), MosaicLayout().bins())
+        image = calc(params)            # (240, 400), NaN where `mask` is True
+    """
+
+    def __init__(
+        self,
+        model: SpinModel,
+        bins: Bins,
+        mask: np.ndarray | None = None,
+        psi: float = 0.0,
+        device: str | None = None,
+        tilt: tuple[float, float] = (0.0, 0.0),
+    ) -> None:
+        self.model = model
+        self.bins = bins
+        self.mask = np.zeros(bins.shape, dtype=bool) if mask is None else np.asarray(mask)
+        if self.mask.shape != bins.shape:
+            raise ValueError(f"mask shape {self.mask.shape} differs from layout {bins.shape}")
+        self.kin = Kinematics(conventional_lattice(model), psi, tuple(tilt))
+        self.swt = SpinWaveTheory(model.system, device=device)
+        hk = np.stack([bins.h.ravel(), bins.k.ravel()], axis=1)
+        self._hk, self._pixel_q = np.unique(np.round(hk, 9), axis=0, return_inverse=True)
+        self._pixel_q = self._pixel_q.ravel()
+
+    def modes(self, params: np.ndarray) -> LayerModes:
+        """Modes at the distinct (h, k) bin centres for one parameter set."""
+        q = np.column_stack([self._hk, np.zeros(len(self._hk))])
+        return self.swt.layer_modes(q, np.asarray(params, dtype=float)[None, :])
+
+    def __call__(self, params: np.ndarray) -> np.ndarray:
+        """The spectrum for one parameter set, layout shape, NaN where masked.
+
+        Raises UnstableParametersError-like ValueError for unstable parameter sets.
+        """
+        lm = self.modes(params)
+        if not lm.stable[0]:
+            raise ValueError("unstable parameter set: h(k) is not positive definite")
+        b = self.bins
+        h, k = b.h.ravel(), b.k.ravel()
+        e_lo, e_hi, ei = b.e_lo.ravel(), b.e_hi.ravel(), b.ei.ravel()
+        out = np.zeros(h.size)
+        for t, weight in enumerate(lm.twin_weights):
+            energy = lm.energies[0, t][self._pixel_q]  # (pixels, N)
+            inside = (energy >= e_lo[:, None]) & (energy < e_hi[:, None])
+            pix, mode = np.nonzero(inside)
+            e_mode = energy[pix, mode]
+            l_mode, valid = kinematic_l(
+                h[pix], k[pix], e_mode, ei[pix], self.kin.lattice, self.kin.psi, self.kin.tilt
+            )
+            l_mode = np.where(valid, l_mode, 0.0)
+            q = self.kin.q_lab(h[pix], k[pix], l_mode)
+            q_abs = np.linalg.norm(q, axis=-1)
+            q_hat = q / np.where(q_abs > 0, q_abs, 1.0)[:, None]
+            amps = lm.amplitudes[0, t][self._pixel_q[pix], mode]  # (hits, G, 3)
+            s = lm.sperp(amps[:, None], t, l_mode, q_abs, q_hat)[:, 0]
+            np.add.at(out, pix, weight * np.where(valid, s, 0.0))
+        out /= e_hi - e_lo
+        image = out.reshape(b.shape)
+        image[self.mask] = np.nan
+        return image
+
+
+class ModeGrid:
+    """Modes of one parameter set tabulated on a regular in-plane (h, k) grid.
+
+    Energies are interpolated bilinearly (modes sorted by energy are continuous functions
+    of k); group amplitudes are taken from the nearest node. The grid spacing divides the
+    period of h(k) (the reciprocal cell of the LSWT supercell), so only one period is
+    diagonalised; amplitudes at every node carry their exact structure-factor phases.
+    Nodes are crystal wave vectors, the same for every twin; `to_crystal` maps laboratory
+    (h, k) to a twin's crystal (h, k).
+    """
+
+    def __init__(
+        self,
+        swt: SpinWaveTheory,
+        params: np.ndarray,
+        h_range: tuple[float, float],
+        k_range: tuple[float, float],
+        nodes_per_period: int = 20,
+    ) -> None:
+        sc = swt.system.supercell
+        self.step = np.array([1.0 / sc[0], 1.0 / sc[1]]) / nodes_per_period
+        lo = np.floor(np.array([h_range[0], k_range[0]]) / self.step) * self.step
+        hi = np.ceil(np.array([h_range[1], k_range[1]]) / self.step) * self.step
+        self.origin = lo
+        self.n = np.round((hi - lo) / self.step).astype(int) + 1
+        hh, kk = np.meshgrid(
+            lo[0] + self.step[0] * np.arange(self.n[0]),
+            lo[1] + self.step[1] * np.arange(self.n[1]),
+            indexing="ij",
+        )
+        q = np.column_stack([hh.ravel(), kk.ravel(), np.zeros(hh.size)])
+        lm = swt.layer_modes(q, np.asarray(params, dtype=float)[None, :], crystal_frame=True)
+        if not lm.stable[0]:
+            raise ValueError("unstable parameter set: h(k) is not positive definite")
+        self.modes = lm
+        t, n_modes = lm.energies.shape[1], lm.energies.shape[-1]
+        self.energies = lm.energies[0].reshape(t, *self.n, n_modes)
+        # amplitudes scale as 1 / sqrt(energy) near Goldstone modes: tabulate the regular
+        # sqrt(energy) * amplitude and divide by the interpolated energy on lookup
+        root = np.sqrt(np.maximum(lm.energies[0], 0.0))[..., None, None]
+        self.amplitudes = (
+            (lm.amplitudes[0] * root)
+            .astype(np.complex64)
+            .reshape(t, *self.n, n_modes, *lm.amplitudes.shape[-2:])
+        )
+        recip = swt.system.lattice.reciprocal * np.asarray(swt.system.supercell)[:, None]
+        inv = np.linalg.inv(recip)
+        # in-plane laboratory (h, k) -> crystal (h, k) of each twin: (T, 2, 2)
+        self._to_crystal = np.stack([(recip @ t.rotation @ inv)[:2, :2] for t in swt.system.twins])
+
+    def to_crystal(self, twin: int, h: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, ...]:
+        """A twin's crystal (h, k) of laboratory (h, k) (arrays of any shape)."""
+        m = self._to_crystal[twin]
+        return h * m[0, 0] + k * m[1, 0], h * m[0, 1] + k * m[1, 1]
+
+    def locate(self, h: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Cell indices (i, j) and fractions (fh, fk) of points; raises if off the grid."""
+        x = (np.asarray(h) - self.origin[0]) / self.step[0]
+        y = (np.asarray(k) - self.origin[1]) / self.step[1]
+        i, j = np.floor(x).astype(int), np.floor(y).astype(int)
+        if i.min() < 0 or j.min() < 0 or i.max() >= self.n[0] - 1 or j.max() >= self.n[1] - 1:
+            raise ValueError("wave vector outside the tabulated grid")
+        return i, j, x - i, y - j
+
+    def energies_at(self, twin: int, cell: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Bilinear energies (..., N) at located points."""
+        i, j, fh, fk = cell
+        e = self.energies[twin]
+        a, b = (1 - fh)[..., None], fh[..., None]
+        c, d = (1 - fk)[..., None], fk[..., None]
+        return a * c * e[i, j] + b * c * e[i + 1, j] + a * d * e[i, j + 1] + b * d * e[i + 1, j + 1]
+
+    def energies_and_gradient(
+        self, twin: int, cell: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bilinear energies (..., N) and their derivatives along laboratory h and k
+        (meV per r.l.u.) at located points."""
+        i, j, fh, fk = cell
+        e = self.energies[twin]
+        e00, e10, e01, e11 = e[i, j], e[i + 1, j], e[i, j + 1], e[i + 1, j + 1]
+        a, b = (1 - fh)[..., None], fh[..., None]
+        c, d = (1 - fk)[..., None], fk[..., None]
+        energy = a * c * e00 + b * c * e10 + a * d * e01 + b * d * e11
+        d_hc = (c * (e10 - e00) + d * (e11 - e01)) / self.step[0]  # along crystal h
+        d_kc = (a * (e01 - e00) + b * (e11 - e10)) / self.step[1]  # along crystal k
+        m = self._to_crystal[twin]  # crystal (h, k) = lab h * m[0] + lab k * m[1]
+        return energy, d_hc * m[0, 0] + d_kc * m[0, 1], d_hc * m[1, 0] + d_kc * m[1, 1]
+
+    def nearest(self, cell: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+        i, j, fh, fk = cell
+        return i + (fh >= 0.5), j + (fk >= 0.5)
+
+
+class ConvolvedSpectra:
+    """Resolution-convolved spectra of one model on one layout.
+
+    A bin's value is the average, over the bin's (h, k, E) extent and the instrument
+    resolution, of S_perp summed over the modes seen in the bin, per meV. Deviations of the
+    true from the nominal (h, k, l, E) are linear in the instrument's random variables
+    (Tobyfit). For each point and mode the energy at which the mode is seen,
+    y = E_n(h, k) - dE, is linearised in the deviations and in the position inside the
+    bin, so that the probability that y falls in the bin is a closed form (second
+    differences of the twice-integrated distribution function, see `_window_probability`).
+
+    method "gaussian": every variable enters through the resolution covariance; the points
+    are the centres of n_mc sub-boxes of the bin (deterministic quadrature).
+    method "montecarlo": the moderator and Fermi-chopper times, whose asymmetric
+    distributions shape the energy line, are sampled from their true distributions by
+    randomised quasi-Monte Carlo (n_mc points per bin); the other (uniform) variables
+    enter through their covariance. Mode energies are bilinear on a fine table (ModeGrid),
+    S_perp is taken at the true (h, k, l) with l from kinematics.
+    """
+
+    def __init__(
+        self,
+        model: SpinModel,
+        bins: Bins,
+        resolution: object,
+        mask: np.ndarray | None = None,
+        method: str = "montecarlo",
+        n_mc: int = 32,
+        psi: float = 0.0,
+        chunk: int = 2048,
+        tilt: tuple[float, float] = (0.0, 0.0),
+    ) -> None:
+        if method not in ("montecarlo", "gaussian"):
+            raise ValueError("method must be 'montecarlo' or 'gaussian'")
+        if n_mc < 1:
+            raise ValueError("n_mc must be at least 1")
+        self.model, self.bins, self.resolution = model, bins, resolution
+        self.method, self.n_mc, self.chunk = method, int(n_mc), int(chunk)
+        self.mask = np.zeros(bins.shape, dtype=bool) if mask is None else np.asarray(mask)
+        self.kin = Kinematics(conventional_lattice(model), psi, tuple(tilt))
+        self.swt = SpinWaveTheory(model.system)
+        self.pixels = np.nonzero(~self.mask.ravel())[0]
+        flat = {
+            name: getattr(bins, name).ravel()[self.pixels]
+            for name in ("h", "k", "dh", "dk", "e_lo", "e_hi", "ei", "setting")
+        }
+        self.flat = flat
+        self._groups = []  # per setting: pixel selection, maps, analytic variable, CDF table
+        margins = np.zeros((len(self.pixels), 2))
+        for s_index, setting in enumerate(bins.settings):
+            sel = np.nonzero(flat["setting"] == s_index)[0]
+            if len(sel) == 0:
+                continue
+            args = (
+                setting,
+                flat["h"][sel],
+                flat["k"][sel],
+                self._centre_e(sel),
+                self.kin.lattice,
+                psi,
+            )
+            cov = resolution.covariance(*args)
+            margins[sel] = 5 * np.sqrt(np.stack([cov[:, 0, 0], cov[:, 1, 1]], axis=1))
+            if method == "gaussian":
+                self._groups.append((sel, cov, None, None))
+            else:
+                jac = resolution.jacobian(*args)  # (n, 4, V)
+                names = list(resolution.variables())
+                sampled = [i for i, nm in enumerate(names) if nm in SAMPLED_VARIABLES]
+                rest = [i for i in range(len(names)) if i not in sampled]
+                var = resolution.variable_covariance(setting)
+                cov_rest = (
+                    jac[:, :, rest] @ var[np.ix_(rest, rest)] @ jac[:, :, rest].transpose(0, 2, 1)
+                )
+                draws = resolution.sample_variables(setting, 200_000, np.random.default_rng(7))
+                levels = np.linspace(0.0, 1.0, 4097)
+                quantiles = np.quantile(draws[:, sampled], levels, axis=0)  # inverse CDFs
+                self._groups.append((sel, cov_rest, jac[:, :, sampled], (levels, quantiles)))
+        # twins see the laboratory (h, k) swapped or rotated: tabulate a square around 0
+        reach = max(
+            float(np.max(np.abs(flat["h"]) + flat["dh"] + margins[:, 0])),
+            float(np.max(np.abs(flat["k"]) + flat["dk"] + margins[:, 1])),
+        )
+        self.h_range = self.k_range = (-1.02 * reach, 1.02 * reach)
+
+    def _centre_e(self, sel: np.ndarray) -> np.ndarray:
+        return (self.flat["e_lo"][sel] + self.flat["e_hi"][sel]) / 2
+
+    def __call__(self, params: np.ndarray, rng: np.random.Generator | int = 0) -> np.ndarray:
+        """The convolved spectrum for one parameter set (layout shape, NaN where masked)."""
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        grid = ModeGrid(self.swt, params, self.h_range, self.k_range)
+        total = np.zeros(len(self.pixels))
+        for sel, cov, jac, table in self._groups:
+            n = len(sel)
+            for a in range(0, n, self.chunk):
+                part = slice(a, min(a + self.chunk, n))
+                if self.method == "gaussian":
+                    side = max(1, int(round(np.sqrt(self.n_mc))))
+                    h, k, half_h, half_k = self._points(sel[part], side * side, side)
+                    dev = np.zeros(h.shape + (4,))
+                else:
+                    x = self._variables(part.stop - part.start, *table, rng)  # (n, s, V_s)
+                    h, k, half_h, half_k = self._points(sel[part], self.n_mc, 2)
+                    dev = np.einsum("pij,psj->psi", jac[part], x)
+                total[sel[part]] = self._accumulate(
+                    grid, sel[part], h, k, dev, half_h, half_k, cov[part]
+                )
+        out = np.full(self.mask.size, np.nan)
+        f = self.flat
+        out[self.pixels] = total / (f["e_hi"] - f["e_lo"])
+        return out.reshape(self.bins.shape)
+
+    def _variables(
+        self, n: int, levels: np.ndarray, quantiles: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        """(n, n_mc, V) instrument variables for n bins by randomised quasi-Monte Carlo: one
+        scrambled Sobol point set, shifted at random modulo 1 for every bin (an unbiased
+        estimate per bin), mapped through each variable's quantile function."""
+        dim = quantiles.shape[1]
+        base = qmc.Sobol(dim, scramble=True, seed=rng).random_base2(
+            int(np.ceil(np.log2(max(self.n_mc, 2))))
+        )[: self.n_mc]
+        u = (base[None, :, :] + rng.random((n, 1, dim))) % 1.0
+        return np.stack([np.interp(u[..., j], levels, quantiles[:, j]) for j in range(dim)], -1)
+
+    def _points(self, pix: np.ndarray, s: int, side: int) -> tuple[np.ndarray, ...]:
+        """Nominal (h, k) of s points cycling over side x side sub-boxes of each bin, and the
+        sub-box half-widths (n, 1, 1)."""
+        f = self.flat
+        sub = np.arange(s) % (side * side)
+        frac_h = (2 * (sub % side) + 1) / side - 1  # sub-box centres in units of dh
+        frac_k = (2 * (sub // side) + 1) / side - 1
+        h = f["h"][pix, None] + frac_h[None, :] * f["dh"][pix, None]
+        k = f["k"][pix, None] + frac_k[None, :] * f["dk"][pix, None]
+        return h, k, f["dh"][pix, None, None] / side, f["dk"][pix, None, None] / side
+
+    def _accumulate(
+        self,
+        grid: ModeGrid,
+        pix: np.ndarray,
+        h_nom: np.ndarray,
+        k_nom: np.ndarray,
+        dev: np.ndarray,
+        half_h: np.ndarray,
+        half_k: np.ndarray,
+        cov: np.ndarray,
+    ) -> np.ndarray:
+        """Average over points of sum_n S_perp x P(mode n seen in the bin), for bins pix.
+
+        h_nom, k_nom: (n, s) nominal points; dev: (n, s, 4) sampled deviations; half_h,
+        half_k: half-widths of the box around each point; cov: (n, 4, 4) covariance of the
+        deviations treated analytically.
+        """
+        f = self.flat
+        n, s = h_nom.shape
+        h_true, k_true = h_nom + dev[..., 0], k_nom + dev[..., 1]
+        e_lo, e_hi = f["e_lo"][pix, None, None], f["e_hi"][pix, None, None]
+        centre, half = (e_lo + e_hi) / 2, (e_hi - e_lo) / 2
+        value = np.zeros(n)
+        for t, weight in enumerate(grid.modes.twin_weights):
+            cell = grid.locate(*grid.to_crystal(t, h_true, k_true))
+            energy, grad_h, grad_k = grid.energies_and_gradient(t, cell)  # (n, s, N)
+            y = energy - dev[..., 3, None]  # nominal energy at which the mode is seen
+            a_h, a_k = np.abs(grad_h) * half_h, np.abs(grad_k) * half_k
+            # variance of y from the analytic deviations: g^T C g, g = (dE/dh, dE/dk, 0, -1)
+            c = cov[:, None, None]
+            var = (
+                grad_h**2 * c[..., 0, 0]
+                + grad_k**2 * c[..., 1, 1]
+                + c[..., 3, 3]
+                + 2 * grad_h * grad_k * c[..., 0, 1]
+                - 2 * grad_h * c[..., 0, 3]
+                - 2 * grad_k * c[..., 1, 3]
+            )
+            width = np.sqrt(np.maximum(var, 0.0))
+            near_bin = np.abs(y - centre) < half + a_h + a_k + 8 * width
+            prob = np.zeros_like(y)
+            shape = y.shape
+            prob[near_bin] = _window_probability(
+                y[near_bin],
+                width[near_bin],
+                a_h[near_bin],
+                a_k[near_bin],
+                np.broadcast_to(e_lo, shape)[near_bin],
+                np.broadcast_to(e_hi, shape)[near_bin],
+                _NORMAL,
+            )
+            p, smp, mode = np.nonzero(prob > 1e-6)
+            e_seen = np.clip(y[p, smp, mode], e_lo[p, 0, 0], e_hi[p, 0, 0])
+            l_nom, valid = kinematic_l(
+                h_nom[p, smp],
+                k_nom[p, smp],
+                e_seen,
+                f["ei"][pix][p],
+                self.kin.lattice,
+                self.kin.psi,
+                self.kin.tilt,
+            )
+            l_true = np.where(valid, l_nom, 0.0) + dev[p, smp, 2]
+            q = self.kin.q_lab(h_true[p, smp], k_true[p, smp], l_true)
+            q_abs = np.linalg.norm(q, axis=-1)
+            q_hat = q / np.where(q_abs > 0, q_abs, 1.0)[:, None]
+            near = grid.nearest(tuple(c[p, smp] for c in cell))
+            amps = grid.amplitudes[t][near[0], near[1], mode]
+            val = grid.modes.sperp(amps[:, None], t, l_true, q_abs, q_hat)[:, 0]
+            # undo the sqrt(E) scaling at the energy where the mode is seen (S ~ 1 / E near
+            # Goldstone modes: the local energy could be far below the bin)
+            e_true = np.maximum(e_seen + dev[p, smp, 3], 0.5 * e_seen)
+            val = val / e_true
+            np.add.at(value, p, weight * np.where(valid, val * prob[p, smp, mode], 0.0))
+        return value / s
+
+
+class Distribution:
+    """A one-dimensional distribution for the analytic integrations: its distribution
+    function F and the first two repeated integrals G (G' = F) and H (H' = G).
+
+    From samples (tabulated on a uniform grid, integrated numerically) or the standard
+    normal (closed forms). Outside the tabulated range F is 0 or 1 and G, H continue
+    exactly.
+    """
+
+    def __init__(self, samples: np.ndarray | None = None, points: int = 4001) -> None:
+        self.normal = samples is None
+        if self.normal:
+            return
+        x = np.sort(np.asarray(samples, dtype=float))
+        lo, hi = x[0], x[-1]
+        if hi - lo <= 0:
+            raise ValueError("a resolution variable has no spread")
+        self.x = np.linspace(lo, hi, points)
+        self.f = np.searchsorted(x, self.x, side="right") / len(x)
+        step = self.x[1] - self.x[0]
+        self.g = np.concatenate([[0.0], np.cumsum((self.f[1:] + self.f[:-1]) / 2) * step])
+        self.h = np.concatenate([[0.0], np.cumsum((self.g[1:] + self.g[:-1]) / 2) * step])
+
+    def reflected(self) -> Distribution:
+        """The distribution of -X."""
+        if self.normal:
+            return self
+        out = Distribution.__new__(Distribution)
+        out.normal = False
+        out.x = -self.x[::-1]
+        step = out.x[1] - out.x[0]
+        out.f = 1.0 - self.f[::-1]
+        out.g = np.concatenate([[0.0], np.cumsum((out.f[1:] + out.f[:-1]) / 2) * step])
+        out.h = np.concatenate([[0.0], np.cumsum((out.g[1:] + out.g[:-1]) / 2) * step])
+        return out
+
+    def F(self, t: np.ndarray) -> np.ndarray:  # noqa: N802 - the usual names
+        if self.normal:
+            return ndtr(t)
+        return np.interp(t, self.x, self.f, left=0.0, right=1.0)
+
+    def G(self, t: np.ndarray) -> np.ndarray:  # noqa: N802
+        if self.normal:
+            return t * ndtr(t) + _pdf(t)
+        over = np.maximum(t - self.x[-1], 0.0)
+        return np.interp(t, self.x, self.g, left=0.0, right=self.g[-1]) + over
+
+    def H(self, t: np.ndarray) -> np.ndarray:  # noqa: N802
+        if self.normal:
+            return 0.5 * ((t * t + 1) * ndtr(t) + t * _pdf(t))
+        over = np.maximum(t - self.x[-1], 0.0)
+        inside = np.interp(t, self.x, self.h, left=0.0, right=self.h[-1])
+        return inside + self.g[-1] * over + 0.5 * over * over
+
+
+def _pdf(t: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi)
+
+
+def _below(
+    c: np.ndarray, a1: np.ndarray, a2: np.ndarray, b: np.ndarray, dist: Distribution
+) -> np.ndarray:
+    """P(b X + a1 U1 + a2 U2 < c) for X ~ dist, U1, U2 ~ U(-1, 1), b > 0, a1 >= a2 >= 0.
+
+    Integrating F over U1 and U2 gives second differences of H (first of G if a2 ~ 0).
+    """
+    two = a2 > 1e-3 * b
+    one = a1 > 1e-3 * b
+    safe1, safe2 = np.where(one, a1, 1.0), np.where(two, a2, 1.0)
+    h = dist.H
+    both = (
+        h((c + a1 + a2) / b) - h((c + a1 - a2) / b) - h((c - a1 + a2) / b) + h((c - a1 - a2) / b)
+    ) * (b * b / (4 * safe1 * safe2))
+    single = (dist.G((c + a1) / b) - dist.G((c - a1) / b)) * (b / (2 * safe1))
+    return np.where(two, both, np.where(one, single, dist.F(c / b)))
+
+
+SAMPLED_VARIABLES = ("moderator_time", "chopper_time")
+
+
+def _window_probability(
+    y0: np.ndarray,
+    slope: np.ndarray,
+    a_h: np.ndarray,
+    a_k: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    dist: tuple[Distribution, Distribution],
+) -> np.ndarray:
+    """P(lo <= y0 + slope X + a_h U1 + a_k U2 < hi), X the analytic resolution variable
+    (dist: its distribution and that of -X), U1, U2 ~ U(-1, 1): the energy at which a mode
+    is seen, linear in X and in the position inside the bin (half-widths a_h, a_k in meV)."""
+    a1, a2 = np.maximum(a_h, a_k), np.minimum(a_h, a_k)
+    # a vanishing slope means X does not matter: keep a tiny width for the formulas
+    b = np.maximum(np.abs(slope), 1e-6 * np.maximum(a1, 1.0))
+    pos = slope >= 0
+    out = np.empty(np.broadcast(y0, lo).shape)
+    for sign, d in ((True, dist[0]), (False, dist[1])):
+        sel = pos == sign
+        if sel.any():
+            args = [np.broadcast_to(v, out.shape)[sel] for v in (y0, a1, a2, b, lo, hi)]
+            y, s1, s2, bb, lo_, hi_ = args
+            out[sel] = _below(hi_ - y, s1, s2, bb, d) - _below(lo_ - y, s1, s2, bb, d)
+    return np.clip(out, 0.0, 1.0)
+
+
+_NORMAL = (Distribution(), Distribution())

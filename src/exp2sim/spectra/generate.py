@@ -1,0 +1,262 @@
+"""Generate datasets of spectra on Dask distributed, interruptible and resumable.
+
+The job is split into chunks of consecutive spectra. Parameters are drawn up front from the
+seed (uniform in the model's training ranges, unstable sets rejected and counted), so every
+chunk's result is fixed before any work starts; Monte Carlo noise is seeded per spectrum.
+Each finished chunk is written atomically to `OUT.parts/chunk-NNNNN.npz`; when all are done
+they are assembled into OUT (atomically) and the parts are removed. Killing the job at any
+moment loses at most the chunks in flight; running the same command again computes only
+the missing chunks, and the result equals an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from exp2sim.fileio import atomic_path, write_text_atomic
+
+KINDS = ("mosaic", "volume", "cut")
+RESOLUTIONS = ("none", "gaussian", "montecarlo")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """One dataset-generation job (saved with its output).
+
+    model: built-in name or TOML path; n: number of spectra; kind: mosaic, volume or cut;
+    resolution: none, gaussian or montecarlo; seed: seeds the parameter draws and the Monte
+    Carlo noise; n_mc: Monte Carlo samples per bin; ei: incident energy (meV) of a volume or
+    cut (must be one of the instrument's settings for the PCSMO experiment, or any value
+    with `frequency`); chunk: spectra per task.
+    """
+
+    model: str = "goodenough"
+    n: int = 100
+    kind: str = "mosaic"
+    resolution: str = "none"
+    seed: int = 0
+    n_mc: int = 32
+    ei: float = 140.0
+    frequency: float = 400.0
+    chunk: int = 4
+    instrument: str = "MAPS"
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("--n must be at least 1")
+        if self.kind not in KINDS:
+            raise ValueError(f"--kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.resolution not in RESOLUTIONS:
+            raise ValueError(
+                f"--resolution must be one of {', '.join(RESOLUTIONS)}, got {self.resolution!r}"
+            )
+        if self.n_mc < 1 or self.chunk < 1:
+            raise ValueError("--n-mc and --chunk must be at least 1")
+        if self.instrument != "MAPS":
+            raise ValueError(f"unknown instrument {self.instrument!r}: only MAPS is available")
+
+    def job_key(self) -> dict:
+        """Everything that determines the result (not how it is scheduled)."""
+        d = dataclasses.asdict(self)
+        d.pop("chunk")
+        return d
+
+
+# --------------------------------------------------------------------------- spectra
+@lru_cache(maxsize=4)
+def _calculator(config_json: str) -> Callable[[np.ndarray, int], np.ndarray]:
+    """Build (once per process) the function computing spectrum i for parameters p."""
+    from exp2sim.spectra.factory import make_calculator
+
+    return make_calculator(SimulationConfig(**json.loads(config_json)))
+
+
+def compute_chunk(config_json: str, start: int, params: np.ndarray) -> np.ndarray:
+    """Spectra start, start + 1, ... for the rows of params, (m, *shape) float32."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # one worker per core
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    calc = _calculator(config_json)
+    return np.stack([calc(p, start + i) for i, p in enumerate(params)]).astype(np.float32)
+
+
+def draw_parameters(config: SimulationConfig) -> tuple[np.ndarray, int]:
+    """n stable parameter sets drawn uniformly from the model's ranges, and the number of
+    unstable draws rejected on the way. Deterministic in the seed."""
+    from exp2sim.spinwave import SpinWaveTheory, load_model
+
+    model = load_model(config.model)
+    if model.ranges is None:
+        raise ValueError(f"model {model.name!r} has no parameter ranges to draw from")
+    swt = SpinWaveTheory(model.system)
+    rng = np.random.default_rng(config.seed)
+    candidates, stable = [], []
+    while sum(int(s.sum()) for s in stable) < config.n:
+        block = model.sample(max(64, config.n), rng)
+        candidates.append(block)
+        stable.append(swt.check_stability(block))
+        if sum(len(c) for c in candidates) > 1000 * config.n:
+            raise ValueError(f"model {model.name!r}: almost every draw is unstable")
+    ok = np.concatenate(stable)
+    last = int(np.nonzero(ok)[0][config.n - 1])  # the n-th stable draw
+    params = np.concatenate(candidates)[: last + 1][ok[: last + 1]]
+    return params, int((~ok[: last + 1]).sum())
+
+
+# --------------------------------------------------------------------------- job
+class Job:
+    """One dataset-generation job writing `out` (resumable)."""
+
+    def __init__(self, config: SimulationConfig, out: str | Path, overwrite: bool = False):
+        self.config = config
+        self.out = Path(out)
+        if self.out.suffix.lower() not in (".h5", ".hdf5", ".nxs"):
+            raise ValueError(f"--out must be an .h5 file, got {str(self.out)!r}")
+        self.parts = self.out.with_name(self.out.name + ".parts")
+        if overwrite:
+            shutil.rmtree(self.parts, ignore_errors=True)
+            self.out.unlink(missing_ok=True)
+        self.config_json = json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+    @property
+    def chunks(self) -> list[tuple[int, int]]:
+        c, n = self.config.chunk, self.config.n
+        return [(i, min(i + c, n)) for i in range(0, n, c)]
+
+    def _chunk_path(self, start: int) -> Path:
+        return self.parts / f"chunk-{start:07d}.npz"
+
+    def prepare(self) -> np.ndarray:
+        """Create or check the parts folder; return the parameters of all spectra."""
+        key = json.dumps(self.config.job_key(), sort_keys=True)
+        if self.out.exists() and not self.parts.exists():
+            raise ValueError(
+                f"{self.out} exists: choose another --out or pass --overwrite to replace it"
+            )
+        self.parts.mkdir(parents=True, exist_ok=True)
+        config_file = self.parts / "job.json"
+        if config_file.exists():
+            saved = json.loads(config_file.read_text())
+            if json.dumps(saved["job"], sort_keys=True) != key:
+                raise ValueError(
+                    f"{self.parts} belongs to a different job (other model, n, kind, "
+                    "resolution, seed, n_mc or ei): use the same options or --overwrite"
+                )
+            with np.load(self.parts / "parameters.npz", allow_pickle=False) as f:
+                return f["parameters"]
+        params, rejected = draw_parameters(self.config)
+        with atomic_path(self.parts / "parameters.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, parameters=params, rejected=rejected)
+        write_text_atomic(config_file, json.dumps({"job": json.loads(key)}, indent=1))
+        return params
+
+    def done(self) -> set[int]:
+        """Starts of the chunks already on disk (complete by construction)."""
+        found = set()
+        for start, stop in self.chunks:
+            path = self._chunk_path(start)
+            if path.exists():
+                try:
+                    with np.load(path, allow_pickle=False) as f:
+                        if f["signal"].shape[0] == stop - start:
+                            found.add(start)
+                            continue
+                except (OSError, ValueError, KeyError):
+                    pass
+                path.unlink()  # unreadable: computed again
+        return found
+
+    def save_chunk(self, start: int, signal: np.ndarray) -> None:
+        with atomic_path(self._chunk_path(start)) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, signal=signal)
+
+    def run(
+        self,
+        workers: int | None = None,
+        scheduler: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict:
+        """Compute the missing chunks on Dask and assemble the file. Returns a summary."""
+        params = self.prepare()
+        todo = [c for c in self.chunks if c[0] not in self.done()]
+        total, finished = self.config.n, self.config.n - sum(b - a for a, b in todo)
+        t0 = time.perf_counter()
+        if progress:
+            progress(finished, total)
+        if todo:
+            from dask.distributed import Client, LocalCluster, as_completed
+
+            if scheduler:
+                client = Client(scheduler)
+                cluster = None
+            else:
+                n_workers = workers or os.cpu_count() or 1
+                cluster = LocalCluster(
+                    n_workers=n_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                )
+                client = Client(cluster)
+            try:
+                futures = {
+                    client.submit(compute_chunk, self.config_json, a, params[a:b], pure=False): a
+                    for a, b in todo
+                }
+                for fut in as_completed(futures):
+                    start = futures[fut]
+                    signal = fut.result()
+                    self.save_chunk(start, signal)
+                    finished += len(signal)
+                    if progress:
+                        progress(finished, total)
+            finally:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+        seconds = time.perf_counter() - t0
+        self.assemble(params)
+        return {
+            "n": total,
+            "computed": total - (self.config.n - sum(b - a for a, b in todo)),
+            "seconds": seconds,
+        }
+
+    def assemble(self, params: np.ndarray) -> None:
+        """Write OUT from the parts and remove them."""
+        from exp2sim.spectra.factory import make_bins_and_mask, model_info
+
+        with np.load(self.parts / "parameters.npz", allow_pickle=False) as f:
+            rejected = int(f["rejected"])
+        chunks = []
+        for start, _ in self.chunks:
+            with np.load(self._chunk_path(start), allow_pickle=False) as f:
+                chunks.append(f["signal"])
+        bins, mask, axes = make_bins_and_mask(self.config)
+        from exp2sim.spectra.dataset import write_dataset
+
+        write_dataset(
+            self.out,
+            np.concatenate(chunks),
+            bins,
+            mask,
+            params,
+            dataclasses.asdict(self.config),
+            model_info(self.config),
+            rejected,
+            axes,
+        )
+        shutil.rmtree(self.parts)
