@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import ndtr
-from scipy.stats import qmc
 
 from exp2sim.instrument.kinematics import kinematic_l
 from exp2sim.spectra.layout import Bins
@@ -119,8 +118,9 @@ class UnconvolvedSpectra:
 class ModeGrid:
     """Modes of one parameter set tabulated on a regular in-plane (h, k) grid.
 
-    Energies are interpolated bilinearly (modes sorted by energy are continuous functions
-    of k); group amplitudes are taken from the nearest node. The grid spacing divides the
+    A point takes the modes of its nearest node: their amplitudes, and their energies
+    extrapolated linearly with the node's slopes (the node is at most half a spacing away).
+    The grid spacing divides the
     period of h(k) (the reciprocal cell of the LSWT supercell), so only one period is
     diagonalised; amplitudes at every node carry their exact structure-factor phases.
     Nodes are crystal wave vectors, the same for every twin; `to_crystal` maps laboratory
@@ -147,7 +147,9 @@ class ModeGrid:
             indexing="ij",
         )
         q = np.column_stack([hh.ravel(), kk.ravel(), np.zeros(hh.size)])
-        lm = swt.layer_modes(q, np.asarray(params, dtype=float)[None, :], crystal_frame=True)
+        lm = swt.layer_modes(
+            q, np.asarray(params, dtype=float)[None, :], crystal_frame=True, gradients=True
+        )
         if not lm.stable[0]:
             raise ValueError("unstable parameter set: h(k) is not positive definite")
         self.modes = lm
@@ -161,6 +163,8 @@ class ModeGrid:
             .astype(np.complex64)
             .reshape(t, *self.n, n_modes, *lm.amplitudes.shape[-2:])
         )
+        # exact slopes of every mode along crystal h and k at every node (Hellmann-Feynman)
+        self.slopes = np.moveaxis(lm.gradients[0], -1, 1).reshape(t, 2, *self.n, n_modes)
         recip = swt.system.lattice.reciprocal * np.asarray(swt.system.supercell)[:, None]
         inv = np.linalg.inv(recip)
         # in-plane laboratory (h, k) -> crystal (h, k) of each twin: (T, 2, 2)
@@ -191,16 +195,18 @@ class ModeGrid:
     def energies_and_gradient(
         self, twin: int, cell: tuple[np.ndarray, ...]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Bilinear energies (..., N) and their derivatives along laboratory h and k
-        (meV per r.l.u.) at located points."""
+        """Energies (..., N) at located points, extrapolated linearly from the nearest node,
+        and their derivatives along laboratory h and k (meV per r.l.u.).
+
+        Each mode keeps the identity it has at the node, so that its energy, its slope and
+        its amplitude (from the same node) belong together even where bands cross."""
         i, j, fh, fk = cell
-        e = self.energies[twin]
-        e00, e10, e01, e11 = e[i, j], e[i + 1, j], e[i, j + 1], e[i + 1, j + 1]
-        a, b = (1 - fh)[..., None], fh[..., None]
-        c, d = (1 - fk)[..., None], fk[..., None]
-        energy = a * c * e00 + b * c * e10 + a * d * e01 + b * d * e11
-        d_hc = (c * (e10 - e00) + d * (e11 - e01)) / self.step[0]  # along crystal h
-        d_kc = (a * (e01 - e00) + b * (e11 - e10)) / self.step[1]  # along crystal k
+        ni, nj = i + (fh >= 0.5), j + (fk >= 0.5)
+        e = self.energies[twin][ni, nj]
+        d_hc, d_kc = self.slopes[twin, 0][ni, nj], self.slopes[twin, 1][ni, nj]
+        dx = ((i + fh) - ni) * self.step[0]
+        dy = ((j + fk) - nj) * self.step[1]
+        energy = e + d_hc * dx[..., None] + d_kc * dy[..., None]
         m = self._to_crystal[twin]  # crystal (h, k) = lab h * m[0] + lab k * m[1]
         return energy, d_hc * m[0, 0] + d_kc * m[0, 1], d_hc * m[1, 0] + d_kc * m[1, 1]
 
@@ -284,9 +290,9 @@ class ConvolvedSpectra:
                     jac[:, :, rest] @ var[np.ix_(rest, rest)] @ jac[:, :, rest].transpose(0, 2, 1)
                 )
                 draws = resolution.sample_variables(setting, 200_000, np.random.default_rng(7))
-                levels = np.linspace(0.0, 1.0, 4097)
-                quantiles = np.quantile(draws[:, sampled], levels, axis=0)  # inverse CDFs
-                self._groups.append((sel, cov_rest, jac[:, :, sampled], (levels, quantiles)))
+                spread = np.sqrt(np.diag(var))[sampled]
+                table = _pulse_table(draws[:, sampled] / spread)
+                self._groups.append((sel, cov_rest, jac[:, :, sampled] * spread, table))
         # twins see the laboratory (h, k) swapped or rotated: tabulate a square around 0
         reach = max(
             float(np.max(np.abs(flat["h"]) + flat["dh"] + margins[:, 0])),
@@ -302,38 +308,87 @@ class ConvolvedSpectra:
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         grid = ModeGrid(self.swt, params, self.h_range, self.k_range)
         total = np.zeros(len(self.pixels))
-        for sel, cov, jac, table in self._groups:
+        for sel, cov, pulse, table in self._groups:
             n = len(sel)
+            side = max(1, int(round(np.sqrt(self.n_mc)))) if self.method == "gaussian" else 2
             for a in range(0, n, self.chunk):
                 part = slice(a, min(a + self.chunk, n))
-                if self.method == "gaussian":
-                    side = max(1, int(round(np.sqrt(self.n_mc))))
-                    h, k, half_h, half_k = self._points(sel[part], side * side, side)
-                    dev = np.zeros(h.shape + (4,))
-                else:
-                    x = self._variables(part.stop - part.start, *table, rng)  # (n, s, V_s)
-                    h, k, half_h, half_k = self._points(sel[part], self.n_mc, 2)
-                    dev = np.einsum("pij,psj->psi", jac[part], x)
+                h, k, half_h, half_k = self._points(sel[part], side * side, side)
+                extra = None
+                if self.method == "montecarlo":
+                    extra = (pulse[part], table, rng.random(part.stop - part.start))
                 total[sel[part]] = self._accumulate(
-                    grid, sel[part], h, k, dev, half_h, half_k, cov[part]
+                    grid, sel[part], h, k, half_h, half_k, cov[part], extra
                 )
         out = np.full(self.mask.size, np.nan)
         f = self.flat
         out[self.pixels] = total / (f["e_hi"] - f["e_lo"])
         return out.reshape(self.bins.shape)
 
-    def _variables(
-        self, n: int, levels: np.ndarray, quantiles: np.ndarray, rng: np.random.Generator
+    def _pulse_probability(
+        self,
+        y: np.ndarray,
+        grad_h: np.ndarray,
+        grad_k: np.ndarray,
+        width: np.ndarray,
+        a_h: np.ndarray,
+        a_k: np.ndarray,
+        e_lo: np.ndarray,
+        e_hi: np.ndarray,
+        reach: np.ndarray,
+        pulse: tuple,
     ) -> np.ndarray:
-        """(n, n_mc, V) instrument variables for n bins by randomised quasi-Monte Carlo: one
-        scrambled Sobol point set, shifted at random modulo 1 for every bin (an unbiased
-        estimate per bin), mapped through each variable's quantile function."""
-        dim = quantiles.shape[1]
-        base = qmc.Sobol(dim, scramble=True, seed=rng).random_base2(
-            int(np.ceil(np.log2(max(self.n_mc, 2))))
-        )[: self.n_mc]
-        u = (base[None, :, :] + rng.random((n, 1, dim))) % 1.0
-        return np.stack([np.interp(u[..., j], levels, quantiles[:, j]) for j in range(dim)], -1)
+        """P(mode seen in the bin) averaged over n_mc stratified samples of the moderator
+        and chopper times from their true joint distribution.
+
+        The times shift the seen energy by D = sum_t (dE_t - grad E . dQ_t) x_t, a weighted
+        sum of the two standardised times whose distribution depends on the direction of
+        the weights only: its quantiles come from the table; each bin draws one uniform
+        offset and uses the points (q + offset) / n_mc of its strata."""
+        jt, (angles, levels, quantiles), offset = pulse
+        w = jt[:, None, None, 3, :] - (
+            grad_h[..., None] * jt[:, None, None, 0, :]
+            + grad_k[..., None] * jt[:, None, None, 1, :]
+        )  # (n, s, N, 2): seen-energy shift per standardised time
+        scale = np.hypot(w[..., 0], w[..., 1])
+        theta = np.arctan2(w[..., 1], w[..., 0])
+        flip = theta < 0  # D = -scale * Z(theta + pi)
+        theta = np.where(flip, theta + np.pi, theta)
+        index = np.minimum(np.round(theta / np.pi * (len(angles) - 1)).astype(int), len(angles) - 1)
+        zmax = np.abs(quantiles[:, [0, -1]]).max(axis=1)[index]
+        centre = (e_lo + e_hi) / 2
+        near_bin = np.abs(y - centre) < reach + scale * zmax
+        prob = np.zeros_like(y)
+        if not near_bin.any():
+            return prob
+        m = self.n_mc
+        bin_of = np.nonzero(near_bin)[0]  # first axis of (n, s, N) is the bin
+        u = (np.arange(m)[None, :] + offset[bin_of][:, None]) / m  # (hits, m) strata points
+        rows = quantiles[index[near_bin]]  # (hits, L)
+        step = levels[1] - levels[0]
+        pos = u / step
+        lo_i = np.minimum(pos.astype(int), len(levels) - 2)
+        frac = pos - lo_i
+        z = (1 - frac) * np.take_along_axis(rows, lo_i, 1) + frac * np.take_along_axis(
+            rows, lo_i + 1, 1
+        )
+        d = np.where(flip[near_bin], -1.0, 1.0)[:, None] * scale[near_bin][:, None] * z
+        shape = y.shape
+
+        def pick(v: np.ndarray) -> np.ndarray:
+            return np.broadcast_to(v, shape)[near_bin][:, None] * np.ones((1, m))
+
+        probs = _window_probability(
+            (pick(y) - d).ravel(),
+            pick(width).ravel(),
+            pick(a_h).ravel(),
+            pick(a_k).ravel(),
+            pick(e_lo).ravel(),
+            pick(e_hi).ravel(),
+            _NORMAL,
+        )
+        prob[near_bin] = probs.reshape(-1, m).mean(axis=1)
+        return prob
 
     def _points(self, pix: np.ndarray, s: int, side: int) -> tuple[np.ndarray, ...]:
         """Nominal (h, k) of s points cycling over side x side sub-boxes of each bin, and the
@@ -352,29 +407,30 @@ class ConvolvedSpectra:
         pix: np.ndarray,
         h_nom: np.ndarray,
         k_nom: np.ndarray,
-        dev: np.ndarray,
         half_h: np.ndarray,
         half_k: np.ndarray,
         cov: np.ndarray,
+        pulse: tuple | None = None,
     ) -> np.ndarray:
         """Average over points of sum_n S_perp x P(mode n seen in the bin), for bins pix.
 
-        h_nom, k_nom: (n, s) nominal points; dev: (n, s, 4) sampled deviations; half_h,
-        half_k: half-widths of the box around each point; cov: (n, 4, 4) covariance of the
-        deviations treated analytically.
+        h_nom, k_nom: (n, s) points at sub-box centres; half_h, half_k: sub-box
+        half-widths; cov: (n, 4, 4) covariance of the deviations treated as Gaussian.
+        pulse (Monte Carlo): (J_t (n, 4, 2) Jacobian of the two time variables in units of
+        their standard deviations, their joint distribution table, (n,) uniform offsets of
+        the strata of each bin).
         """
         f = self.flat
         n, s = h_nom.shape
-        h_true, k_true = h_nom + dev[..., 0], k_nom + dev[..., 1]
         e_lo, e_hi = f["e_lo"][pix, None, None], f["e_hi"][pix, None, None]
         centre, half = (e_lo + e_hi) / 2, (e_hi - e_lo) / 2
         value = np.zeros(n)
         for t, weight in enumerate(grid.modes.twin_weights):
-            cell = grid.locate(*grid.to_crystal(t, h_true, k_true))
+            cell = grid.locate(*grid.to_crystal(t, h_nom, k_nom))
             energy, grad_h, grad_k = grid.energies_and_gradient(t, cell)  # (n, s, N)
-            y = energy - dev[..., 3, None]  # nominal energy at which the mode is seen
+            y = energy  # the nominal energy at which the mode is seen, before deviations
             a_h, a_k = np.abs(grad_h) * half_h, np.abs(grad_k) * half_k
-            # variance of y from the analytic deviations: g^T C g, g = (dE/dh, dE/dk, 0, -1)
+            # variance of y from the Gaussian deviations: g^T C g, g = (dE/dh, dE/dk, 0, -1)
             c = cov[:, None, None]
             var = (
                 grad_h**2 * c[..., 0, 0]
@@ -385,20 +441,19 @@ class ConvolvedSpectra:
                 - 2 * grad_k * c[..., 1, 3]
             )
             width = np.sqrt(np.maximum(var, 0.0))
-            near_bin = np.abs(y - centre) < half + a_h + a_k + 8 * width
-            prob = np.zeros_like(y)
-            shape = y.shape
-            prob[near_bin] = _window_probability(
-                y[near_bin],
-                width[near_bin],
-                a_h[near_bin],
-                a_k[near_bin],
-                np.broadcast_to(e_lo, shape)[near_bin],
-                np.broadcast_to(e_hi, shape)[near_bin],
-                _NORMAL,
-            )
+            reach = half + a_h + a_k + 8 * width
+            if pulse is None:
+                near_bin = np.abs(y - centre) < reach
+                args = [np.broadcast_to(v, y.shape)[near_bin] for v in (y, width, a_h, a_k)]
+                lo_hi = [np.broadcast_to(v, y.shape)[near_bin] for v in (e_lo, e_hi)]
+                prob = np.zeros_like(y)
+                prob[near_bin] = _window_probability(*args, *lo_hi, _NORMAL)
+            else:
+                prob = self._pulse_probability(
+                    y, grad_h, grad_k, width, a_h, a_k, e_lo, e_hi, reach, pulse
+                )
             p, smp, mode = np.nonzero(prob > 1e-6)
-            e_seen = np.clip(y[p, smp, mode], e_lo[p, 0, 0], e_hi[p, 0, 0])
+            e_seen = np.clip(y[p, smp, mode], e_lo[p, 0, 0], e_hi[p, 0, 0])  # > 0
             l_nom, valid = kinematic_l(
                 h_nom[p, smp],
                 k_nom[p, smp],
@@ -408,17 +463,17 @@ class ConvolvedSpectra:
                 self.kin.psi,
                 self.kin.tilt,
             )
-            l_true = np.where(valid, l_nom, 0.0) + dev[p, smp, 2]
-            q = self.kin.q_lab(h_true[p, smp], k_true[p, smp], l_true)
+            l_true = np.where(valid, l_nom, 0.0)
+            q = self.kin.q_lab(h_nom[p, smp], k_nom[p, smp], l_true)
             q_abs = np.linalg.norm(q, axis=-1)
             q_hat = q / np.where(q_abs > 0, q_abs, 1.0)[:, None]
             near = grid.nearest(tuple(c[p, smp] for c in cell))
             amps = grid.amplitudes[t][near[0], near[1], mode]
             val = grid.modes.sperp(amps[:, None], t, l_true, q_abs, q_hat)[:, 0]
-            # undo the sqrt(E) scaling at the energy where the mode is seen (S ~ 1 / E near
-            # Goldstone modes: the local energy could be far below the bin)
-            e_true = np.maximum(e_seen + dev[p, smp, 3], 0.5 * e_seen)
-            val = val / e_true
+            # undo the sqrt(E) scaling of the amplitudes with the mode's energy at the point;
+            # near a Goldstone mode that can fall far below the bin in which the mode is seen
+            # (steep slope), so it is bounded by half the seen energy
+            val = val / np.maximum(energy[p, smp, mode], 0.5 * e_seen)
             np.add.at(value, p, weight * np.where(valid, val * prob[p, smp, mode], 0.0))
         return value / s
 
@@ -501,6 +556,20 @@ def _below(
 
 
 SAMPLED_VARIABLES = ("moderator_time", "chopper_time")
+
+
+def _pulse_table(
+    standard: np.ndarray, n_angles: int = 181, n_levels: int = 1025
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantiles of cos(a) X1 + sin(a) X2 for angles a in [0, pi], from samples (n, 2) of
+    two standardised variables: (angles, levels, quantiles (n_angles, n_levels))."""
+    angles = np.linspace(0.0, np.pi, n_angles)
+    levels = np.linspace(0.0, 1.0, n_levels)
+    z = (
+        np.cos(angles)[:, None] * standard[None, :, 0]
+        + np.sin(angles)[:, None] * standard[None, :, 1]
+    )
+    return angles, levels, np.quantile(z, levels, axis=1).T
 
 
 def _window_probability(

@@ -98,6 +98,7 @@ class LayerModes:
     l_scale: float
     twin_weights: np.ndarray
     stable: np.ndarray
+    gradients: np.ndarray | None = None  # (P, T, Q, N, 2) d energy / d (h, k), if asked
 
     def sperp(
         self,
@@ -252,6 +253,32 @@ class SpinWaveTheory:
         a_minus_t = (phase.conj() @ hop).reshape(len(w), len(k), n, n).transpose(-1, -2)
         return a, b, a_minus_t
 
+    def velocities(
+        self, k: torch.Tensor, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """Group velocities d omega_n / dk (P, Q, N, 3), meV per LSWT r.l.u., from the
+        Bogoliubov vectors (Hellmann-Feynman: psi_n^+ (dh/dk) psi_n with psi_n^+ g psi_n = 1),
+        exact for each mode even where bands cross."""
+        n = self.n_modes
+        phase = torch.exp(2j * np.pi * (k @ self._d.T))  # (Q, M)
+        hop = torch.einsum("pc,cmx->pmx", w, self._hop)
+        pair = torch.einsum("pc,cmx->pmx", w, self._pair)
+        shape = (len(w), len(k), n, n)
+        out = []
+        for alpha in range(3):
+            factor = 2j * np.pi * self._d[:, alpha]  # (M,)
+            if not torch.any(factor != 0):
+                out.append(torch.zeros((len(w), len(k), n), dtype=torch.float64, device=k.device))
+                continue
+            da = ((phase * factor) @ hop).reshape(shape)
+            db = ((phase * factor) @ pair).reshape(shape)
+            da_mt = ((phase.conj() * -factor) @ hop).reshape(shape).transpose(-1, -2)
+            term = (x.conj() * (da @ x + db @ y)).sum(-2) + (
+                y.conj() * (db.conj().transpose(-1, -2) @ x + da_mt @ y)
+            ).sum(-2)
+            out.append(term.real)
+        return torch.stack(out, dim=-1)
+
     def hamiltonian(self, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """The bosonic matrix h(k), (P, Q, 2N, 2N), for k (Q, 3) in LSWT r.l.u."""
         a, b, a_mt = self.blocks(k, w)
@@ -403,6 +430,7 @@ class SpinWaveTheory:
         *,
         twins: bool = True,
         crystal_frame: bool = False,
+        gradients: bool = False,
     ) -> LayerModes:
         """Modes at in-plane wave vectors with the dependence on L left analytic.
 
@@ -442,15 +470,21 @@ class SpinWaveTheory:
         conv_recip = recip * np.asarray(s.supercell, dtype=float)[:, None]
         q_lab = q @ conv_recip
         inv_recip = np.linalg.inv(recip)
-        energies, amps = [], []
+        energies, amps, grads = [], [], []
         unstable = torch.zeros(len(w), dtype=torch.bool, device=self.device)
         for twin in twin_list:
-            q_crys = q_lab if crystal_frame else q_lab @ twin.rotation
+            rotation = np.eye(3) if crystal_frame else twin.rotation
+            q_crys = q_lab @ rotation
             k = torch.tensor(q_crys @ inv_recip, dtype=torch.float64, device=self.device)
-            e_t, amp, bad = self._observe(k, torch.zeros_like(k), w, False, groups)
+            e_t, amp, bad, *vel = self._observe(
+                k, torch.zeros_like(k), w, False, groups, velocities=gradients
+            )
             rot = torch.tensor(twin.rotation, dtype=torch.complex128, device=self.device)
             energies.append(e_t)
             amps.append(amp @ rot.T)
+            if gradients:  # d omega / dq = (dk / dq) d omega / dk, k = q C R C^-1
+                dk_dq = torch.tensor(conv_recip @ rotation @ inv_recip, device=self.device)
+                grads.append((vel[0] @ dk_dq.T)[..., :2])
             unstable |= bad.any(-1)
         weights = np.array([t.weight for t in twin_list], dtype=float)
         return LayerModes(
@@ -463,6 +497,7 @@ class SpinWaveTheory:
             l_scale=float(s.supercell[2]),
             twin_weights=weights / weights.sum(),
             stable=(~unstable).cpu().numpy(),
+            gradients=torch.stack(grads, 1).cpu().numpy() if gradients else None,
         )
 
     def _observe(
@@ -472,7 +507,8 @@ class SpinWaveTheory:
         w: torch.Tensor,
         formfactor: bool,
         groups: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        velocities: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """Energies (P, Q, N), one-magnon amplitudes (P, Q, N, 3) in the crystal frame (or
         per site group, (P, Q, N, G, 3), if `groups` (N_sites, G) is given) and the
         instability mask (P, Q).
@@ -505,7 +541,8 @@ class SpinWaveTheory:
             amp = _expand_runs(xy_t, weights, local, counts[u0:u1])  # (P, Qc, N, C)
             if groups is not None:
                 amp = amp.unflatten(-1, (groups.shape[1], 3))
-            return idx, omega[:, local], amp, bad[:, local]
+            vel = self.velocities(kp[u0:u1], w, x, y)[:, local] if velocities else None
+            return idx, omega[:, local], amp, bad[:, local], vel
 
         threads = torch.get_num_threads() if self.device.type == "cpu" else 1
         if threads > 1 and len(bounds) > 1:
@@ -523,9 +560,12 @@ class SpinWaveTheory:
         amp_shape = (n_p, n_q, n, 3) if groups is None else (n_p, n_q, n, groups.shape[1], 3)
         amps = torch.empty(amp_shape, dtype=torch.complex128, device=self.device)
         bad = torch.empty((n_p, n_q), dtype=torch.bool, device=self.device)
-        for idx, e_part, a_part, b_part in parts:
+        vel = torch.empty((n_p, n_q, n, 3), dtype=torch.float64, device=self.device)
+        for idx, e_part, a_part, b_part, v_part in parts:
             energies[:, idx], amps[:, idx], bad[:, idx] = e_part, a_part, b_part
-        return energies, amps, bad
+            if velocities:
+                vel[:, idx] = v_part
+        return (energies, amps, bad, vel) if velocities else (energies, amps, bad)
 
     def _chunks(self, counts: list[int], n_params: int) -> list[tuple[int, int]]:
         """Ranges of distinct wave vectors holding about `chunk` (P x Q) problems each."""
