@@ -226,13 +226,15 @@ class ConvolvedSpectra:
     bin, so that the probability that y falls in the bin is a closed form (second
     differences of the twice-integrated distribution function, see `_window_probability`).
 
-    method "gaussian": every variable enters through the resolution covariance; the points
-    are the centres of n_mc sub-boxes of the bin (deterministic quadrature).
+    method "gaussian": every variable enters through the resolution covariance.
     method "montecarlo": the moderator and Fermi-chopper times, whose asymmetric
-    distributions shape the energy line, are sampled from their true distributions by
-    randomised quasi-Monte Carlo (n_mc points per bin); the other (uniform) variables
-    enter through their covariance. Mode energies are bilinear on a fine table (ModeGrid),
-    S_perp is taken at the true (h, k, l) with l from kinematics.
+    distributions shape the energy line, keep their true distributions, tabulated from a
+    Monte Carlo sample of the instrument model (200,000 draws per setting); the other
+    (uniform) variables enter through their covariance.
+    Both integrate deterministically over n_mc sub-boxes of each bin (quadrature points:
+    the nearest square number), which converges far faster than random points would.
+    Mode energies come from a fine table (ModeGrid) with exact slopes; S_perp is taken at
+    the true (h, k, l), l from kinematics.
     """
 
     def __init__(
@@ -291,7 +293,7 @@ class ConvolvedSpectra:
                 )
                 draws = resolution.sample_variables(setting, 200_000, np.random.default_rng(7))
                 spread = np.sqrt(np.diag(var))[sampled]
-                table = _pulse_table(draws[:, sampled] / spread)
+                table = _pulse_tables(setting, draws[:, sampled] / spread)
                 self._groups.append((sel, cov_rest, jac[:, :, sampled] * spread, table))
         # twins see the laboratory (h, k) swapped or rotated: tabulate a square around 0
         reach = max(
@@ -303,20 +305,18 @@ class ConvolvedSpectra:
     def _centre_e(self, sel: np.ndarray) -> np.ndarray:
         return (self.flat["e_lo"][sel] + self.flat["e_hi"][sel]) / 2
 
-    def __call__(self, params: np.ndarray, rng: np.random.Generator | int = 0) -> np.ndarray:
-        """The convolved spectrum for one parameter set (layout shape, NaN where masked)."""
-        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    def __call__(self, params: np.ndarray, rng: object = None) -> np.ndarray:
+        """The convolved spectrum for one parameter set (layout shape, NaN where masked).
+        Deterministic: `rng` is accepted for interface compatibility and not used."""
         grid = ModeGrid(self.swt, params, self.h_range, self.k_range)
         total = np.zeros(len(self.pixels))
         for sel, cov, pulse, table in self._groups:
             n = len(sel)
-            side = max(1, int(round(np.sqrt(self.n_mc)))) if self.method == "gaussian" else 2
+            side = max(1, int(round(np.sqrt(self.n_mc))))
             for a in range(0, n, self.chunk):
                 part = slice(a, min(a + self.chunk, n))
                 h, k, half_h, half_k = self._points(sel[part], side * side, side)
-                extra = None
-                if self.method == "montecarlo":
-                    extra = (pulse[part], table, rng.random(part.stop - part.start))
+                extra = None if self.method == "gaussian" else (pulse[part], table)
                 total[sel[part]] = self._accumulate(
                     grid, sel[part], h, k, half_h, half_k, cov[part], extra
                 )
@@ -338,57 +338,35 @@ class ConvolvedSpectra:
         reach: np.ndarray,
         pulse: tuple,
     ) -> np.ndarray:
-        """P(mode seen in the bin) averaged over n_mc stratified samples of the moderator
-        and chopper times from their true joint distribution.
+        """P(mode seen in the bin) with the moderator and chopper times at their true
+        distributions.
 
         The times shift the seen energy by D = sum_t (dE_t - grad E . dQ_t) x_t, a weighted
-        sum of the two standardised times whose distribution depends on the direction of
-        the weights only: its quantiles come from the table; each bin draws one uniform
-        offset and uses the points (q + offset) / n_mc of its strata."""
-        jt, (angles, levels, quantiles), offset = pulse
+        sum of the two standardised times; the rest of the resolution and the position
+        inside the sub-box add a Gaussian of the same variance. The distribution function
+        of the sum depends on two angles only (direction of the time weights, share of the
+        Gaussian) and is tabulated from the instrument's Monte Carlo sample."""
+        jt, table = pulse
         w = jt[:, None, None, 3, :] - (
             grad_h[..., None] * jt[:, None, None, 0, :]
             + grad_k[..., None] * jt[:, None, None, 1, :]
         )  # (n, s, N, 2): seen-energy shift per standardised time
         scale = np.hypot(w[..., 0], w[..., 1])
-        theta = np.arctan2(w[..., 1], w[..., 0])
-        flip = theta < 0  # D = -scale * Z(theta + pi)
-        theta = np.where(flip, theta + np.pi, theta)
-        index = np.minimum(np.round(theta / np.pi * (len(angles) - 1)).astype(int), len(angles) - 1)
-        zmax = np.abs(quantiles[:, [0, -1]]).max(axis=1)[index]
+        gauss = np.sqrt(width**2 + (a_h**2 + a_k**2) / 3)  # uniform boxes by their variance
+        total = np.maximum(np.hypot(scale, gauss), 1e-9)
         centre = (e_lo + e_hi) / 2
-        near_bin = np.abs(y - centre) < reach + scale * zmax
+        near_bin = np.abs(y - centre) < (e_hi - e_lo) / 2 + table.reach * total
         prob = np.zeros_like(y)
-        if not near_bin.any():
-            return prob
-        m = self.n_mc
-        bin_of = np.nonzero(near_bin)[0]  # first axis of (n, s, N) is the bin
-        u = (np.arange(m)[None, :] + offset[bin_of][:, None]) / m  # (hits, m) strata points
-        rows = quantiles[index[near_bin]]  # (hits, L)
-        step = levels[1] - levels[0]
-        pos = u / step
-        lo_i = np.minimum(pos.astype(int), len(levels) - 2)
-        frac = pos - lo_i
-        z = (1 - frac) * np.take_along_axis(rows, lo_i, 1) + frac * np.take_along_axis(
-            rows, lo_i + 1, 1
-        )
-        d = np.where(flip[near_bin], -1.0, 1.0)[:, None] * scale[near_bin][:, None] * z
-        shape = y.shape
-
-        def pick(v: np.ndarray) -> np.ndarray:
-            return np.broadcast_to(v, shape)[near_bin][:, None] * np.ones((1, m))
-
-        probs = _window_probability(
-            (pick(y) - d).ravel(),
-            pick(width).ravel(),
-            pick(a_h).ravel(),
-            pick(a_k).ravel(),
-            pick(e_lo).ravel(),
-            pick(e_hi).ravel(),
-            _NORMAL,
-        )
-        prob[near_bin] = probs.reshape(-1, m).mean(axis=1)
-        return prob
+        if near_bin.any():
+            shape = y.shape
+            sel = [np.broadcast_to(v, shape)[near_bin] for v in (y, e_lo, e_hi, total)]
+            yy, lo, hi, tot = sel
+            theta = np.arctan2(w[..., 1], w[..., 0])[near_bin]
+            phi = np.arctan2(gauss, scale)[near_bin]
+            prob[near_bin] = table.cdf(theta, phi, (hi - yy) / tot) - table.cdf(
+                theta, phi, (lo - yy) / tot
+            )
+        return np.clip(prob, 0.0, 1.0)
 
     def _points(self, pix: np.ndarray, s: int, side: int) -> tuple[np.ndarray, ...]:
         """Nominal (h, k) of s points cycling over side x side sub-boxes of each bin, and the
@@ -556,20 +534,61 @@ def _below(
 
 
 SAMPLED_VARIABLES = ("moderator_time", "chopper_time")
+_PULSE_CACHE: dict = {}
 
 
-def _pulse_table(
-    standard: np.ndarray, n_angles: int = 181, n_levels: int = 1025
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quantiles of cos(a) X1 + sin(a) X2 for angles a in [0, pi], from samples (n, 2) of
-    two standardised variables: (angles, levels, quantiles (n_angles, n_levels))."""
-    angles = np.linspace(0.0, np.pi, n_angles)
-    levels = np.linspace(0.0, 1.0, n_levels)
-    z = (
-        np.cos(angles)[:, None] * standard[None, :, 0]
-        + np.sin(angles)[:, None] * standard[None, :, 1]
-    )
-    return angles, levels, np.quantile(z, levels, axis=1).T
+def _pulse_tables(setting: object, samples: np.ndarray) -> PulseTable:
+    """One table per instrument setting and process (building one takes ~1 s)."""
+    if setting not in _PULSE_CACHE:
+        _PULSE_CACHE[setting] = PulseTable(samples)
+    return _PULSE_CACHE[setting]
+
+
+class PulseTable:
+    """Distribution function of cos(phi) (cos(theta) X1 + sin(theta) X2) + sin(phi) N, for
+    two standardised instrument variables X1, X2 (given as samples) and a standard normal N,
+    on a grid of theta in [0, pi], phi in [0, pi / 2] and t (standard units).
+
+    theta outside [0, pi] uses the reflection of the variables (the sum changes sign)."""
+
+    reach = 12.0  # |t| beyond which F is 0 or 1
+
+    def __init__(
+        self, samples: np.ndarray, n_theta: int = 73, n_phi: int = 25, n_t: int = 1201
+    ) -> None:
+        self.theta = np.linspace(0.0, np.pi, n_theta)
+        self.phi = np.linspace(0.0, np.pi / 2, n_phi)
+        self.t = np.linspace(-self.reach, self.reach, n_t)
+        dt = self.t[1] - self.t[0]
+        edges = np.concatenate([self.t - dt / 2, [self.t[-1] + dt / 2]])
+        freq = np.fft.rfftfreq(2 * n_t, dt)
+        table = np.empty((n_theta, n_phi, n_t))
+        for i, th in enumerate(self.theta):
+            z = np.cos(th) * samples[:, 0] + np.sin(th) * samples[:, 1]
+            for j, ph in enumerate(self.phi):
+                # density of cos(phi) Z on the grid, convolved with N(0, sin(phi)^2) by FFT
+                dens, _ = np.histogram(np.cos(ph) * z, bins=edges)
+                spec = np.fft.rfft(dens.astype(float), 2 * n_t)
+                spec *= np.exp(-2 * (np.pi * freq * np.sin(ph)) ** 2)
+                conv = np.fft.irfft(spec, 2 * n_t)[:n_t]
+                cdf = np.cumsum(np.clip(conv, 0.0, None))
+                table[i, j] = cdf / cdf[-1]
+        self.table = table
+
+    def cdf(self, theta: np.ndarray, phi: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """F(t) for arrays of theta in (-pi, pi], phi in [0, pi/2] and t (same shape)."""
+        flip = theta < 0
+        theta = np.where(flip, theta + np.pi, theta)
+        t = np.where(flip, -t, t)
+        i = np.rint(theta / np.pi * (len(self.theta) - 1)).astype(int)
+        j = np.rint(phi / (np.pi / 2) * (len(self.phi) - 1)).astype(int)
+        x = (np.clip(t, -self.reach, self.reach) + self.reach) / (self.t[1] - self.t[0])
+        k = np.minimum(x.astype(int), len(self.t) - 2)
+        f = x - k
+        rows = self.table[i, j]
+        value = (1 - f) * rows[np.arange(len(k)), k] + f * rows[np.arange(len(k)), k + 1]
+        value = np.where(t <= -self.reach, 0.0, np.where(t >= self.reach, 1.0, value))
+        return np.where(flip, 1.0 - value, value)
 
 
 def _window_probability(

@@ -1,0 +1,109 @@
+"""CPU-seconds per 240 x 400 PCSMO mosaic (unconvolved and convolved) and per 3D volume,
+the convergence of the convolution with the number of points per bin, and the scaling of
+dataset generation with Dask workers.
+
+Printed next to the paper's pipeline: ~8 CPU-minutes per unconvolved and ~720 CPU-minutes
+per convolved mosaic. CPU-seconds (process time, all threads) are the measure; the
+convergence criterion is the relative L2 change of the image when the points per bin are
+doubled (target < 2 %).
+
+Usage: python benchmarks/bench_spectra.py [--skip-scaling] [--mc 4,8,16,32] [--gauss 4,9,16,36]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from exp2sim.spectra.factory import make_bins_and_mask, make_calculator
+from exp2sim.spectra.generate import Job, SimulationConfig
+from exp2sim.spinwave import load_model
+
+PAPER_UNCONVOLVED_S = 8 * 60
+PAPER_CONVOLVED_S = 720 * 60
+
+
+def cpu_seconds(fn) -> tuple[float, float, object]:
+    """(CPU seconds, wall seconds, result) of one call."""
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return time.process_time() - c0, time.perf_counter() - w0, out
+
+
+def convergence(kind: str, method: str, points: list[int], params: np.ndarray) -> list[tuple]:
+    """CPU seconds per spectrum and relative change to the next point count."""
+    rows, previous = [], None
+    for n in points:
+        calc = make_calculator(SimulationConfig(kind=kind, resolution=method, n_mc=n, seed=1))
+        calc(params, 0)  # warm-up: tables and caches
+        cpu, wall, image = cpu_seconds(lambda calc=calc: calc(params, 1))
+        change = None
+        if previous is not None:
+            ok = np.isfinite(image)
+            change = np.linalg.norm(image[ok] - previous[ok]) / np.linalg.norm(image[ok])
+        rows.append((n, cpu, wall, change))
+        previous = image
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--gauss", default="4,9,16,36")
+    ap.add_argument("--mc", default="4,8,16,32")
+    ap.add_argument("--skip-scaling", action="store_true")
+    args = ap.parse_args()
+    model = load_model("goodenough")
+    params = np.asarray(model.best_fit)
+
+    calc = make_calculator(SimulationConfig(kind="mosaic", resolution="none"))
+    calc(params, 0)
+    cpu, wall, _ = cpu_seconds(lambda: calc(params, 0))
+    print(
+        f"unconvolved mosaic: {cpu:.2f} CPU-s ({wall:.2f} s wall); paper ~{PAPER_UNCONVOLVED_S}"
+        f" CPU-s: {PAPER_UNCONVOLVED_S / cpu:.0f}x faster"
+    )
+    vol = make_calculator(SimulationConfig(kind="volume", resolution="none"))
+    vol(params, 0)
+    cpu, wall, _ = cpu_seconds(lambda: vol(params, 0))
+    print(f"unconvolved 60^3 volume at Ei = 140 meV: {cpu:.2f} CPU-s ({wall:.2f} s wall)")
+
+    for method, points in (("gaussian", args.gauss), ("montecarlo", args.mc)):
+        pts = [int(p) for p in points.split(",")]
+        print(f"\nconvolved mosaic, {method}: points per bin, CPU-s, wall-s, change vs previous")
+        for n, cpu, wall, change in convergence("mosaic", method, pts, params):
+            ch = "" if change is None else f"{100 * change:6.2f} %"
+            ratio = PAPER_CONVOLVED_S / cpu
+            print(f"  {n:4d} {cpu:8.2f} {wall:8.2f}  {ch}   paper/ours = {ratio:.0f}x")
+    bins, mask, _ = make_bins_and_mask(SimulationConfig(kind="volume"))
+    vconv = make_calculator(SimulationConfig(kind="volume", resolution="gaussian", n_mc=16))
+    vconv(params, 0)
+    cpu, wall, _ = cpu_seconds(lambda: vconv(params, 1))
+    print(
+        f"\nconvolved (gaussian, 16 points) 60^3 volume: {cpu:.2f} CPU-s ({wall:.2f} s wall), "
+        f"{(~mask).sum()} unmasked voxels"
+    )
+
+    if args.skip_scaling:
+        return
+    print("\ndataset generation, 8 unconvolved + Gaussian-convolved mosaics (n_mc = 4):")
+    rates = {}
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            config = SimulationConfig(
+                n=8, kind="mosaic", resolution="gaussian", n_mc=4, chunk=1, seed=2
+            )
+            job = Job(config, Path(tmp) / "d.h5")
+            job.prepare()  # parameter draws are not part of the rate
+            t0 = time.perf_counter()
+            job.run(workers=workers)
+            rates[workers] = 8 / (time.perf_counter() - t0)
+        print(f"  {workers} worker(s): {rates[workers]:.3f} spectra/s (Dask start-up included)")
+    print(f"  speed-up with 2 workers: {rates[2] / rates[1]:.2f}x (target >= 1.7x)")
+
+
+if __name__ == "__main__":
+    main()

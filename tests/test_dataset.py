@@ -1,0 +1,177 @@
+"""Dataset generation: NeXus layout, determinism, interruption (also kill -9) and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from exp2sim.cli import app
+from exp2sim.spectra.dataset import read_dataset
+from exp2sim.spectra.generate import Job, SimulationConfig, compute_chunk
+from exp2sim.spinwave import SpinWaveTheory, load_model
+
+CUT = dict(model="goodenough", kind="cut", resolution="none", seed=3, chunk=2)
+
+
+def test_file_layout_parameters_and_resume(tmp_path):
+    config = SimulationConfig(n=6, **CUT)
+    full = Job(config, tmp_path / "full.h5")
+    summary = full.run(workers=1)
+    assert summary["computed"] == 6
+    data = read_dataset(tmp_path / "full.h5")
+    assert data.signal.shape == (6, 100) and data.mask.shape == (100,)
+    assert np.isnan(data.signal[:, data.mask]).all()
+    assert np.isfinite(data.signal[:, ~data.mask]).all()
+    model = load_model("goodenough")
+    lo, hi = np.array(model.ranges).T
+    assert np.all((data.parameters >= lo) & (data.parameters <= hi))
+    assert SpinWaveTheory(model.system).check_stability(data.parameters).all()
+    with h5py.File(tmp_path / "full.h5") as f:
+        assert f["entry"].attrs["NX_class"] == "NXentry"
+        assert f["entry/data"].attrs["NX_class"] == "NXdata"
+        assert f["entry/data"].attrs["signal"] == "signal"
+        assert list(f["entry/data"].attrs["axes"]) == [".", "energy"]
+        assert json.loads(f["entry/process"].attrs["configuration"])["seed"] == 3
+    assert not (tmp_path / "full.h5.parts").exists()
+
+    # an interrupted job: one chunk finished before the stop
+    part = Job(config, tmp_path / "part.h5")
+    params = part.prepare()
+    np.testing.assert_array_equal(params, data.parameters)
+    part.save_chunk(2, compute_chunk(part.config_json, 2, params[2:4]))
+    summary = part.run(workers=1)
+    assert summary["computed"] == 4  # the finished chunk is not computed again
+    np.testing.assert_array_equal(read_dataset(tmp_path / "part.h5").signal, data.signal)
+
+
+def test_unfinished_work_from_another_job_is_refused(tmp_path):
+    Job(SimulationConfig(n=4, **CUT), tmp_path / "d.h5").prepare()
+    other = dict(CUT, seed=4)
+    with pytest.raises(ValueError, match="different job"):
+        Job(SimulationConfig(n=4, **other), tmp_path / "d.h5").prepare()
+
+
+def test_unreadable_chunks_are_computed_again(tmp_path):
+    job = Job(SimulationConfig(n=4, **CUT), tmp_path / "d.h5")
+    job.prepare()
+    (job.parts / "chunk-0000000.npz").write_bytes(b"not a numpy file")
+    assert job.done() == set()
+    assert not (job.parts / "chunk-0000000.npz").exists()
+
+
+def _simulate(out: Path, extra: list[str]) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "exp2sim.cli",
+        "simulate",
+        "--out",
+        str(out),
+        "--kind",
+        "cut",
+        "--resolution",
+        "gaussian",
+        "--n-mc",
+        "4",
+        "--n",
+        "10",
+        "--chunk",
+        "1",
+        "--workers",
+        "1",
+        "--seed",
+        "9",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+
+
+def test_kill_9_then_the_same_command_resumes(tmp_path):
+    out = tmp_path / "killed.h5"
+    proc = _simulate(out, [])
+    parts = Path(str(out) + ".parts")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("chunk-*.npz"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole session: client, scheduler, worker
+    proc.wait()
+    done_before = len(list(parts.glob("chunk-*.npz")))
+    assert 3 <= done_before < 10 and not out.exists()
+    resumed = _simulate(out, [])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()
+    assert f"{10 - done_before} computed now" in err.decode()
+    clean = tmp_path / "clean.h5"
+    ref = _simulate(clean, [])
+    ref.communicate(timeout=300)
+    np.testing.assert_array_equal(read_dataset(out).signal, read_dataset(clean).signal)
+
+
+def test_read_errors_are_one_line(tmp_path):
+    empty = tmp_path / "empty.h5"
+    empty.write_bytes(b"")
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"certainly not HDF5")
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = 1
+    for path, message in (
+        (empty, "empty"),
+        (junk, "not a readable"),
+        (foreign, "not an exp2sim"),
+        (tmp_path / "missing.h5", "no such file"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            read_dataset(path)
+        res = CliRunner().invoke(app, ["info", str(path)])
+        assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_spectrum_info_and_show_commands(tmp_path):
+    runner = CliRunner()
+    npy = tmp_path / "cut.npy"
+    res = runner.invoke(app, ["spectrum", "goodenough", "--kind", "cut", "--out", str(npy)])
+    assert res.exit_code == 0, res.output
+    cut = np.load(npy)
+    assert cut.shape == (100,) and np.nanmax(cut) > 0
+    h5 = tmp_path / "one.h5"
+    res = runner.invoke(
+        app,
+        [
+            "spectrum",
+            "dimer",
+            "--kind",
+            "volume",
+            "--out",
+            str(h5),
+            "--plot",
+            str(tmp_path / "v.png"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    data = read_dataset(h5)
+    assert data.signal.shape == (1, 60, 60, 60)
+    assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+    res = runner.invoke(app, ["info", str(h5)])
+    assert res.exit_code == 0 and "dimer" in res.stdout and "60 x 60 x 60" in res.stdout
+    res = runner.invoke(app, ["show", str(h5), "--out", str(tmp_path / "s.png")])
+    assert res.exit_code == 0 and (tmp_path / "s.png").stat().st_size > 5000
+    res = runner.invoke(app, ["show", str(h5), "--index", "3", "--out", str(tmp_path / "t.png")])
+    assert res.exit_code == 2 and "--index" in res.stderr
+    res = runner.invoke(app, ["spectrum", "goodenough", "--out", str(tmp_path / "x.txt")])
+    assert res.exit_code == 2 and ".npy or .h5" in res.stderr
+    res = runner.invoke(
+        app,
+        ["spectrum", "goodenough", "--params", "15,1.5,-1.35,1.5,0.88,0.074", "--out", str(npy)],
+    )
+    assert res.exit_code == 2 and "unstable" in res.stderr
