@@ -234,7 +234,7 @@ def spectrum(
     resolution: Annotated[str, typer.Option(help="none, gaussian or montecarlo.")] = "none",
     ei: Annotated[float, typer.Option(help="Incident energy (meV) of a volume or cut.")] = 140.0,
     frequency: Annotated[float, typer.Option(help="Fermi chopper frequency (Hz).")] = 400.0,
-    n_mc: Annotated[int, typer.Option(help="Monte Carlo samples per bin.")] = 32,
+    n_mc: Annotated[int, typer.Option(help="Integration points per bin (convolved spectra).")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of the Monte Carlo noise.")] = 0,
     plot: Annotated[Path | None, typer.Option(help="Also write a PNG of the spectrum.")] = None,
 ) -> None:
@@ -267,7 +267,7 @@ def simulate(
     kind: Annotated[str, typer.Option(help="mosaic, volume or cut.")] = "mosaic",
     resolution: Annotated[str, typer.Option(help="none, gaussian or montecarlo.")] = "none",
     seed: Annotated[int, typer.Option(help="Seed of the parameter draws and the noise.")] = 0,
-    n_mc: Annotated[int, typer.Option(help="Monte Carlo samples per bin.")] = 32,
+    n_mc: Annotated[int, typer.Option(help="Integration points per bin (convolved spectra).")] = 16,
     ei: Annotated[float, typer.Option(help="Incident energy (meV) of volumes and cuts.")] = 140.0,
     frequency: Annotated[float, typer.Option(help="Fermi chopper frequency (Hz).")] = 400.0,
     chunk: Annotated[int, typer.Option(help="Spectra per task.")] = 4,

@@ -133,7 +133,7 @@ class ModeGrid:
         params: np.ndarray,
         h_range: tuple[float, float],
         k_range: tuple[float, float],
-        nodes_per_period: int = 20,
+        nodes_per_period: int = 40,
     ) -> None:
         sc = swt.system.supercell
         self.step = np.array([1.0 / sc[0], 1.0 / sc[1]]) / nodes_per_period
@@ -244,7 +244,7 @@ class ConvolvedSpectra:
         resolution: object,
         mask: np.ndarray | None = None,
         method: str = "montecarlo",
-        n_mc: int = 32,
+        n_mc: int = 16,
         psi: float = 0.0,
         chunk: int = 2048,
         tilt: tuple[float, float] = (0.0, 0.0),
@@ -564,11 +564,17 @@ class PulseTable:
         freq = np.fft.rfftfreq(2 * n_t, dt)
         table = np.empty((n_theta, n_phi, n_t))
         for i, th in enumerate(self.theta):
-            z = np.cos(th) * samples[:, 0] + np.sin(th) * samples[:, 1]
+            z = np.sort(np.cos(th) * samples[:, 0] + np.sin(th) * samples[:, 1])
             for j, ph in enumerate(self.phi):
-                # density of cos(phi) Z on the grid, convolved with N(0, sin(phi)^2) by FFT
-                dens, _ = np.histogram(np.cos(ph) * z, bins=edges)
-                spec = np.fft.rfft(dens.astype(float), 2 * n_t)
+                # distribution of cos(phi) Z on the grid (its density by differences),
+                # convolved with N(0, sin(phi)^2) by FFT
+                c = np.cos(ph)
+                if c > 1e-9:
+                    cdf_z = np.searchsorted(z, edges / c, side="right") / len(z)
+                else:
+                    cdf_z = (edges >= 0).astype(float)
+                dens = np.diff(cdf_z)
+                spec = np.fft.rfft(dens, 2 * n_t)
                 spec *= np.exp(-2 * (np.pi * freq * np.sin(ph)) ** 2)
                 conv = np.fft.irfft(spec, 2 * n_t)[:n_t]
                 cdf = np.cumsum(np.clip(conv, 0.0, None))
@@ -585,8 +591,7 @@ class PulseTable:
         x = (np.clip(t, -self.reach, self.reach) + self.reach) / (self.t[1] - self.t[0])
         k = np.minimum(x.astype(int), len(self.t) - 2)
         f = x - k
-        rows = self.table[i, j]
-        value = (1 - f) * rows[np.arange(len(k)), k] + f * rows[np.arange(len(k)), k + 1]
+        value = (1 - f) * self.table[i, j, k] + f * self.table[i, j, k + 1]
         value = np.where(t <= -self.reach, 0.0, np.where(t >= self.reach, 1.0, value))
         return np.where(flip, 1.0 - value, value)
 

@@ -34,10 +34,10 @@ class SimulationConfig:
     """One dataset-generation job (saved with its output).
 
     model: built-in name or TOML path; n: number of spectra; kind: mosaic, volume or cut;
-    resolution: none, gaussian or montecarlo; seed: seeds the parameter draws and the Monte
-    Carlo noise; n_mc: Monte Carlo samples per bin; ei: incident energy (meV) of a volume or
-    cut (must be one of the instrument's settings for the PCSMO experiment, or any value
-    with `frequency`); chunk: spectra per task.
+    resolution: none, gaussian or montecarlo; seed: seeds the parameter draws; n_mc:
+    integration points per bin of convolved spectra (the nearest square number is used);
+    ei, frequency: incident energy (meV) and Fermi chopper frequency (Hz) of a volume or
+    cut; chunk: spectra per task.
     """
 
     model: str = "goodenough"
@@ -45,7 +45,7 @@ class SimulationConfig:
     kind: str = "mosaic"
     resolution: str = "none"
     seed: int = 0
-    n_mc: int = 32
+    n_mc: int = 16
     ei: float = 140.0
     frequency: float = 400.0
     chunk: int = 4
