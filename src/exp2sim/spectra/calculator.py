@@ -293,7 +293,7 @@ class ConvolvedSpectra:
                 )
                 draws = resolution.sample_variables(setting, 200_000, np.random.default_rng(7))
                 spread = np.sqrt(np.diag(var))[sampled]
-                table = _pulse_tables(setting, draws[:, sampled] / spread)
+                table = _pulse_tables(resolution, setting, draws[:, sampled] / spread)
                 self._groups.append((sel, cov_rest, jac[:, :, sampled] * spread, table))
         # twins see the laboratory (h, k) swapped or rotated: tabulate a square around 0
         reach = max(
@@ -425,7 +425,7 @@ class ConvolvedSpectra:
                 args = [np.broadcast_to(v, y.shape)[near_bin] for v in (y, width, a_h, a_k)]
                 lo_hi = [np.broadcast_to(v, y.shape)[near_bin] for v in (e_lo, e_hi)]
                 prob = np.zeros_like(y)
-                prob[near_bin] = _window_probability(*args, *lo_hi, _NORMAL)
+                prob[near_bin] = _window_probability(*args, *lo_hi)
             else:
                 prob = self._pulse_probability(
                     y, grad_h, grad_k, width, a_h, a_k, e_lo, e_hi, reach, pulse
@@ -456,92 +456,46 @@ class ConvolvedSpectra:
         return value / s
 
 
-class Distribution:
-    """A one-dimensional distribution for the analytic integrations: its distribution
-    function F and the first two repeated integrals G (G' = F) and H (H' = G).
+def _normal_g(t: np.ndarray) -> np.ndarray:
+    """G(t) = integral of the standard normal distribution function Phi up to t."""
+    return t * ndtr(t) + _pdf(t)
 
-    From samples (tabulated on a uniform grid, integrated numerically) or the standard
-    normal (closed forms). Outside the tabulated range F is 0 or 1 and G, H continue
-    exactly.
-    """
 
-    def __init__(self, samples: np.ndarray | None = None, points: int = 4001) -> None:
-        self.normal = samples is None
-        if self.normal:
-            return
-        x = np.sort(np.asarray(samples, dtype=float))
-        lo, hi = x[0], x[-1]
-        if hi - lo <= 0:
-            raise ValueError("a resolution variable has no spread")
-        self.x = np.linspace(lo, hi, points)
-        self.f = np.searchsorted(x, self.x, side="right") / len(x)
-        step = self.x[1] - self.x[0]
-        self.g = np.concatenate([[0.0], np.cumsum((self.f[1:] + self.f[:-1]) / 2) * step])
-        self.h = np.concatenate([[0.0], np.cumsum((self.g[1:] + self.g[:-1]) / 2) * step])
-
-    def reflected(self) -> Distribution:
-        """The distribution of -X."""
-        if self.normal:
-            return self
-        out = Distribution.__new__(Distribution)
-        out.normal = False
-        out.x = -self.x[::-1]
-        step = out.x[1] - out.x[0]
-        out.f = 1.0 - self.f[::-1]
-        out.g = np.concatenate([[0.0], np.cumsum((out.f[1:] + out.f[:-1]) / 2) * step])
-        out.h = np.concatenate([[0.0], np.cumsum((out.g[1:] + out.g[:-1]) / 2) * step])
-        return out
-
-    def F(self, t: np.ndarray) -> np.ndarray:  # noqa: N802 - the usual names
-        if self.normal:
-            return ndtr(t)
-        return np.interp(t, self.x, self.f, left=0.0, right=1.0)
-
-    def G(self, t: np.ndarray) -> np.ndarray:  # noqa: N802
-        if self.normal:
-            return t * ndtr(t) + _pdf(t)
-        over = np.maximum(t - self.x[-1], 0.0)
-        return np.interp(t, self.x, self.g, left=0.0, right=self.g[-1]) + over
-
-    def H(self, t: np.ndarray) -> np.ndarray:  # noqa: N802
-        if self.normal:
-            return 0.5 * ((t * t + 1) * ndtr(t) + t * _pdf(t))
-        over = np.maximum(t - self.x[-1], 0.0)
-        inside = np.interp(t, self.x, self.h, left=0.0, right=self.h[-1])
-        return inside + self.g[-1] * over + 0.5 * over * over
+def _normal_h(t: np.ndarray) -> np.ndarray:
+    """H(t) = integral of G up to t."""
+    return 0.5 * ((t * t + 1) * ndtr(t) + t * _pdf(t))
 
 
 def _pdf(t: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi)
 
 
-def _below(
-    c: np.ndarray, a1: np.ndarray, a2: np.ndarray, b: np.ndarray, dist: Distribution
-) -> np.ndarray:
-    """P(b X + a1 U1 + a2 U2 < c) for X ~ dist, U1, U2 ~ U(-1, 1), b > 0, a1 >= a2 >= 0.
+def _below(c: np.ndarray, a1: np.ndarray, a2: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """P(b X + a1 U1 + a2 U2 < c) for X ~ N(0, 1), U1, U2 ~ U(-1, 1), b > 0, a1 >= a2 >= 0.
 
-    Integrating F over U1 and U2 gives second differences of H (first of G if a2 ~ 0).
+    Integrating Phi over U1 and U2 gives second differences of H (first of G if a2 ~ 0).
     """
     two = a2 > 1e-3 * b
     one = a1 > 1e-3 * b
     safe1, safe2 = np.where(one, a1, 1.0), np.where(two, a2, 1.0)
-    h = dist.H
+    h = _normal_h
     both = (
         h((c + a1 + a2) / b) - h((c + a1 - a2) / b) - h((c - a1 + a2) / b) + h((c - a1 - a2) / b)
     ) * (b * b / (4 * safe1 * safe2))
-    single = (dist.G((c + a1) / b) - dist.G((c - a1) / b)) * (b / (2 * safe1))
-    return np.where(two, both, np.where(one, single, dist.F(c / b)))
+    single = (_normal_g((c + a1) / b) - _normal_g((c - a1) / b)) * (b / (2 * safe1))
+    return np.where(two, both, np.where(one, single, ndtr(c / b)))
 
 
 SAMPLED_VARIABLES = ("moderator_time", "chopper_time")
 _PULSE_CACHE: dict = {}
 
 
-def _pulse_tables(setting: object, samples: np.ndarray) -> PulseTable:
-    """One table per instrument setting and process (building one takes ~1 s)."""
-    if setting not in _PULSE_CACHE:
-        _PULSE_CACHE[setting] = PulseTable(samples)
-    return _PULSE_CACHE[setting]
+def _pulse_tables(resolution: object, setting: object, samples: np.ndarray) -> PulseTable:
+    """One table per resolution model, setting and process (building one takes ~1 s)."""
+    key = (repr(resolution), setting)
+    if key not in _PULSE_CACHE:
+        _PULSE_CACHE[key] = PulseTable(samples)
+    return _PULSE_CACHE[key]
 
 
 class PulseTable:
@@ -598,28 +552,16 @@ class PulseTable:
 
 def _window_probability(
     y0: np.ndarray,
-    slope: np.ndarray,
+    width: np.ndarray,
     a_h: np.ndarray,
     a_k: np.ndarray,
     lo: np.ndarray,
     hi: np.ndarray,
-    dist: tuple[Distribution, Distribution],
 ) -> np.ndarray:
-    """P(lo <= y0 + slope X + a_h U1 + a_k U2 < hi), X the analytic resolution variable
-    (dist: its distribution and that of -X), U1, U2 ~ U(-1, 1): the energy at which a mode
-    is seen, linear in X and in the position inside the bin (half-widths a_h, a_k in meV)."""
+    """P(lo <= y0 + width X + a_h U1 + a_k U2 < hi), X ~ N(0, 1), U1, U2 ~ U(-1, 1): the
+    energy at which a mode is seen, linear in the Gaussian resolution and in the position
+    inside the box (half-widths a_h, a_k in meV)."""
     a1, a2 = np.maximum(a_h, a_k), np.minimum(a_h, a_k)
-    # a vanishing slope means X does not matter: keep a tiny width for the formulas
-    b = np.maximum(np.abs(slope), 1e-6 * np.maximum(a1, 1.0))
-    pos = slope >= 0
-    out = np.empty(np.broadcast(y0, lo).shape)
-    for sign, d in ((True, dist[0]), (False, dist[1])):
-        sel = pos == sign
-        if sel.any():
-            args = [np.broadcast_to(v, out.shape)[sel] for v in (y0, a1, a2, b, lo, hi)]
-            y, s1, s2, bb, lo_, hi_ = args
-            out[sel] = _below(hi_ - y, s1, s2, bb, d) - _below(lo_ - y, s1, s2, bb, d)
-    return np.clip(out, 0.0, 1.0)
-
-
-_NORMAL = (Distribution(), Distribution())
+    # a vanishing width means the resolution does not matter: keep a tiny one for the formulas
+    b = np.maximum(np.abs(width), 1e-6 * np.maximum(a1, 1.0))
+    return np.clip(_below(hi - y0, a1, a2, b) - _below(lo - y0, a1, a2, b), 0.0, 1.0)

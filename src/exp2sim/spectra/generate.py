@@ -208,7 +208,7 @@ class Job:
                     n_workers=n_workers,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=None,
+                    dashboard_address=":0",  # any free port: several jobs may run at once
                 )
                 client = Client(cluster)
             try:
