@@ -184,14 +184,6 @@ class ModeGrid:
             raise ValueError("wave vector outside the tabulated grid")
         return i, j, x - i, y - j
 
-    def energies_at(self, twin: int, cell: tuple[np.ndarray, ...]) -> np.ndarray:
-        """Bilinear energies (..., N) at located points."""
-        i, j, fh, fk = cell
-        e = self.energies[twin]
-        a, b = (1 - fh)[..., None], fh[..., None]
-        c, d = (1 - fk)[..., None], fk[..., None]
-        return a * c * e[i, j] + b * c * e[i + 1, j] + a * d * e[i, j + 1] + b * d * e[i + 1, j + 1]
-
     def energies_and_gradient(
         self, twin: int, cell: tuple[np.ndarray, ...]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

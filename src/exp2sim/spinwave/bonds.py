@@ -25,11 +25,6 @@ class Bond:
     length: float
     shell: int
 
-    def vector(self, lattice: Lattice, positions: np.ndarray) -> np.ndarray:
-        """Cartesian bond vector from site1 to site2 (3,), Angstrom."""
-        frac = positions[self.site2] + np.asarray(self.offset) - positions[self.site1]
-        return lattice.to_cartesian(frac)
-
 
 def find_bonds(lattice: Lattice, positions: np.ndarray, max_shell: int) -> list[Bond]:
     """All bonds of the first `max_shell` distance shells, sorted by length.

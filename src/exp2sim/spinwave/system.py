@@ -175,7 +175,3 @@ class SpinSystem:
     @property
     def n_sites(self) -> int:
         return len(self.sites)
-
-    def conventional_to_lswt(self, q_rlu: np.ndarray) -> np.ndarray:
-        """Wave vectors (..., 3) from conventional-cell r.l.u. to LSWT-cell r.l.u."""
-        return np.asarray(q_rlu, dtype=float) * np.asarray(self.supercell, dtype=float)
