@@ -38,9 +38,9 @@ def convergence(kind: str, method: str, points: list[int], params: np.ndarray) -
     """CPU seconds per spectrum and relative change to the next point count."""
     rows, previous = [], None
     for n in points:
-        calc = make_calculator(SimulationConfig(kind=kind, resolution=method, n_mc=n, seed=1))
-        calc(params, 0)  # warm-up: tables and caches
-        cpu, wall, image = cpu_seconds(lambda calc=calc: calc(params, 1))
+        calc = make_calculator(SimulationConfig(kind=kind, resolution=method, n_mc=n))
+        calc(params)  # warm-up: tables and caches
+        cpu, wall, image = cpu_seconds(lambda calc=calc: calc(params))
         change = None
         if previous is not None:
             ok = np.isfinite(image)
@@ -60,15 +60,15 @@ def main() -> None:
     params = np.asarray(model.best_fit)
 
     calc = make_calculator(SimulationConfig(kind="mosaic", resolution="none"))
-    calc(params, 0)
-    cpu, wall, _ = cpu_seconds(lambda: calc(params, 0))
+    calc(params)
+    cpu, wall, _ = cpu_seconds(lambda: calc(params))
     print(
         f"unconvolved mosaic: {cpu:.2f} CPU-s ({wall:.2f} s wall); paper ~{PAPER_UNCONVOLVED_S}"
         f" CPU-s: {PAPER_UNCONVOLVED_S / cpu:.0f}x faster"
     )
     vol = make_calculator(SimulationConfig(kind="volume", resolution="none"))
-    vol(params, 0)
-    cpu, wall, _ = cpu_seconds(lambda: vol(params, 0))
+    vol(params)
+    cpu, wall, _ = cpu_seconds(lambda: vol(params))
     print(f"unconvolved 60^3 volume at Ei = 140 meV: {cpu:.2f} CPU-s ({wall:.2f} s wall)")
 
     for method, points in (("gaussian", args.gauss), ("montecarlo", args.mc)):
@@ -80,8 +80,8 @@ def main() -> None:
             print(f"  {n:4d} {cpu:8.2f} {wall:8.2f}  {ch}   paper/ours = {ratio:.0f}x")
     bins, mask, _ = make_bins_and_mask(SimulationConfig(kind="volume"))
     vconv = make_calculator(SimulationConfig(kind="volume", resolution="gaussian", n_mc=16))
-    vconv(params, 0)
-    cpu, wall, _ = cpu_seconds(lambda: vconv(params, 1))
+    vconv(params)
+    cpu, wall, _ = cpu_seconds(lambda: vconv(params))
     print(
         f"\nconvolved (gaussian, 16 points) 60^3 volume: {cpu:.2f} CPU-s ({wall:.2f} s wall), "
         f"{(~mask).sum()} unmasked voxels"

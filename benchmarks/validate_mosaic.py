@@ -41,7 +41,7 @@ def main() -> None:
         ok = ~mask & ~real
         for resolution in ("none", args.resolution):
             config = SimulationConfig(model=name, resolution=resolution, n_mc=args.n_mc)
-            image = make_calculator(config)(params, 0)
+            image = make_calculator(config)(params)
             blocks = [
                 np.corrcoef(
                     image[40 * b : 40 * b + 40][ok[40 * b : 40 * b + 40]],

@@ -46,7 +46,7 @@ def test_file_layout_parameters_and_resume(tmp_path):
     part = Job(config, tmp_path / "part.h5")
     params = part.prepare()
     np.testing.assert_array_equal(params, data.parameters)
-    part.save_chunk(2, compute_chunk(part.config_json, 2, params[2:4]))
+    part.save_chunk(2, compute_chunk(part.config_json, params[2:4]))
     summary = part.run(workers=1)
     assert summary["computed"] == 4  # the finished chunk is not computed again
     np.testing.assert_array_equal(read_dataset(tmp_path / "part.h5").signal, data.signal)

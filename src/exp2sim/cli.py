@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -31,6 +32,18 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+# Options shared by several commands.
+ModelArg = Annotated[str, typer.Argument(help="Built-in model name or a .toml model file.")]
+ParamsOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated parameters in the model's order.")
+]
+KindOpt = Annotated[str, typer.Option(help="mosaic, volume or cut.")]
+ResolutionOpt = Annotated[str, typer.Option(help="none, gaussian or montecarlo.")]
+EiOpt = Annotated[float, typer.Option(help="Incident energy (meV) of volumes and cuts.")]
+FrequencyOpt = Annotated[float, typer.Option(help="Fermi chopper frequency (Hz).")]
+NmcOpt = Annotated[int, typer.Option(help="Integration points per bin (convolved spectra).")]
 
 
 @contextlib.contextmanager
@@ -87,10 +100,8 @@ def models() -> None:
 
 @app.command()
 def dispersion(
-    model: Annotated[str, typer.Argument(help="Built-in model name or a .toml model file.")],
-    params: Annotated[
-        str | None, typer.Option(help="Comma-separated parameters in the model's order.")
-    ] = None,
+    model: ModelArg,
+    params: ParamsOpt = None,
     start: Annotated[
         str, typer.Option("--from", help="Start of the Q path h,k,l (r.l.u.).")
     ] = "0,0,0",
@@ -225,17 +236,14 @@ def demo(
 
 @app.command()
 def spectrum(
-    model: Annotated[str, typer.Argument(help="Built-in model name or a .toml model file.")],
+    model: ModelArg,
     out: Annotated[Path, typer.Option(help="Output file: .npy (float array) or .h5.")],
-    params: Annotated[
-        str | None, typer.Option(help="Comma-separated parameters in the model's order.")
-    ] = None,
-    kind: Annotated[str, typer.Option(help="mosaic, volume or cut.")] = "mosaic",
-    resolution: Annotated[str, typer.Option(help="none, gaussian or montecarlo.")] = "none",
-    ei: Annotated[float, typer.Option(help="Incident energy (meV) of a volume or cut.")] = 140.0,
-    frequency: Annotated[float, typer.Option(help="Fermi chopper frequency (Hz).")] = 400.0,
-    n_mc: Annotated[int, typer.Option(help="Integration points per bin (convolved spectra).")] = 16,
-    seed: Annotated[int, typer.Option(help="Seed of the Monte Carlo noise.")] = 0,
+    params: ParamsOpt = None,
+    kind: KindOpt = "mosaic",
+    resolution: ResolutionOpt = "none",
+    ei: EiOpt = 140.0,
+    frequency: FrequencyOpt = 400.0,
+    n_mc: NmcOpt = 16,
     plot: Annotated[Path | None, typer.Option(help="Also write a PNG of the spectrum.")] = None,
 ) -> None:
     """One spectrum on demand, in the layout of the real MAPS data (NaN where masked)."""
@@ -248,7 +256,6 @@ def spectrum(
             n=1,
             kind=kind,
             resolution=resolution,
-            seed=seed,
             n_mc=n_mc,
             ei=ei,
             frequency=frequency,
@@ -264,12 +271,12 @@ def simulate(
         "goodenough"
     ),
     n: Annotated[int, typer.Option(help="Number of spectra.")] = 100,
-    kind: Annotated[str, typer.Option(help="mosaic, volume or cut.")] = "mosaic",
-    resolution: Annotated[str, typer.Option(help="none, gaussian or montecarlo.")] = "none",
-    seed: Annotated[int, typer.Option(help="Seed of the parameter draws and the noise.")] = 0,
-    n_mc: Annotated[int, typer.Option(help="Integration points per bin (convolved spectra).")] = 16,
-    ei: Annotated[float, typer.Option(help="Incident energy (meV) of volumes and cuts.")] = 140.0,
-    frequency: Annotated[float, typer.Option(help="Fermi chopper frequency (Hz).")] = 400.0,
+    kind: KindOpt = "mosaic",
+    resolution: ResolutionOpt = "none",
+    seed: Annotated[int, typer.Option(help="Seed of the parameter draws.")] = 0,
+    n_mc: NmcOpt = 16,
+    ei: EiOpt = 140.0,
+    frequency: FrequencyOpt = 400.0,
     chunk: Annotated[int, typer.Option(help="Spectra per task.")] = 4,
     workers: Annotated[int | None, typer.Option(help="Local Dask workers (default: cores).")] = (
         None
@@ -319,17 +326,16 @@ def simulate(
             TextColumn("ETA"),
             TimeRemainingColumn(),
         )
-        t0 = [None, 0]
         with Progress(*columns, console=err_console, transient=False) as bar:
             task = bar.add_task("simulate", total=n, rate="")
+            start: list[tuple[float, int]] = []  # (time, spectra done) at the first report
 
             def update(done: int, total: int) -> None:
-                import time as _time
-
-                if t0[0] is None:
-                    t0[0], t0[1] = _time.perf_counter(), done
-                dt = _time.perf_counter() - t0[0]
-                rate = f"{(done - t0[1]) / dt:.2f} spectra/s" if dt > 0 and done > t0[1] else ""
+                now = time.perf_counter()
+                if not start:
+                    start.append((now, done))
+                t0, done0 = start[0]
+                rate = f"{(done - done0) / (now - t0):.2f} spectra/s" if done > done0 else ""
                 bar.update(task, completed=done, rate=rate)
 
             try:

@@ -81,7 +81,7 @@ def _mosaics(out: Path) -> dict:
         params = np.asarray(load_model(name).best_fit)
         for resolution in ("none", "gaussian"):
             config = SimulationConfig(model=name, kind="mosaic", resolution=resolution, n_mc=4)
-            image = make_calculator(config)(params, 0)
+            image = make_calculator(config)(params)
             png = (
                 out / f"{name}_mosaic_{'unconvolved' if resolution == 'none' else 'convolved'}.png"
             )

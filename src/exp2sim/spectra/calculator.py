@@ -4,9 +4,8 @@ Unconvolved: the model at each bin's (h, k) centre, every mode whose energy lies
 bin's energy range counted with its S_perp at the kinematic L of that energy, divided by the
 bin width (intensity per meV, averaged over the bin).
 
-Convolved: the same bin average taken over the instrument resolution, Monte Carlo
-(Tobyfit-style: random instrument variables mapped linearly to deviations in (h, k, l, E))
-or Gaussian (the covariance of the same model). See `ConvolvedSpectra`.
+Convolved: the same bin average taken over the bin's extent and the instrument resolution
+(Tobyfit's integral, evaluated by quadrature; see `ConvolvedSpectra`).
 
 Both use the layered structure of the spin system: energies and eigenvectors depend on the
 in-plane wave vector only, and L enters through a few analytic phases (LayerModes).
@@ -36,10 +35,27 @@ class Kinematics:
     psi: float = 0.0
     tilt: tuple[float, float] = (0.0, 0.0)
 
-    def q_lab(self, h: np.ndarray, k: np.ndarray, l_rlu: np.ndarray) -> np.ndarray:
-        """Cartesian Q (..., 3) in inverse Angstrom of r.l.u. (h, k, l), crystal frame."""
+    def sperp(
+        self,
+        modes: LayerModes,
+        amplitudes: np.ndarray,
+        twin: int,
+        h: np.ndarray,
+        k: np.ndarray,
+        energy: np.ndarray,
+        ei: np.ndarray,
+    ) -> np.ndarray:
+        """S_perp (M,) of M modes seen at (h, k) and energy transfer `energy` (meV) with
+        incident energy `ei`, from their group amplitudes (M, G, 3): L follows from
+        kinematics; kinematically unreachable points give 0."""
+        l_rlu, valid = kinematic_l(h, k, energy, ei, self.lattice, self.psi, self.tilt)
+        l_rlu = np.where(valid, l_rlu, 0.0)
         hkl = np.stack(np.broadcast_arrays(h, k, l_rlu), axis=-1)
-        return hkl @ self.lattice.reciprocal
+        q = hkl @ self.lattice.reciprocal  # Cartesian, crystal frame
+        q_abs = np.linalg.norm(q, axis=-1)
+        q_hat = q / np.where(q_abs > 0, q_abs, 1.0)[:, None]
+        value = modes.sperp(amplitudes[:, None], twin, l_rlu, q_abs, q_hat)[:, 0]
+        return np.where(valid, value, 0.0)
 
 
 def conventional_lattice(model: SpinModel) -> Lattice:
@@ -98,17 +114,9 @@ class UnconvolvedSpectra:
             energy = lm.energies[0, t][self._pixel_q]  # (pixels, N)
             inside = (energy >= e_lo[:, None]) & (energy < e_hi[:, None])
             pix, mode = np.nonzero(inside)
-            e_mode = energy[pix, mode]
-            l_mode, valid = kinematic_l(
-                h[pix], k[pix], e_mode, ei[pix], self.kin.lattice, self.kin.psi, self.kin.tilt
-            )
-            l_mode = np.where(valid, l_mode, 0.0)
-            q = self.kin.q_lab(h[pix], k[pix], l_mode)
-            q_abs = np.linalg.norm(q, axis=-1)
-            q_hat = q / np.where(q_abs > 0, q_abs, 1.0)[:, None]
             amps = lm.amplitudes[0, t][self._pixel_q[pix], mode]  # (hits, G, 3)
-            s = lm.sperp(amps[:, None], t, l_mode, q_abs, q_hat)[:, 0]
-            np.add.at(out, pix, weight * np.where(valid, s, 0.0))
+            s = self.kin.sperp(lm, amps, t, h[pix], k[pix], energy[pix, mode], ei[pix])
+            np.add.at(out, pix, weight * s)
         out /= e_hi - e_lo
         image = out.reshape(b.shape)
         image[self.mask] = np.nan
@@ -193,7 +201,7 @@ class ModeGrid:
         Each mode keeps the identity it has at the node, so that its energy, its slope and
         its amplitude (from the same node) belong together even where bands cross."""
         i, j, fh, fk = cell
-        ni, nj = i + (fh >= 0.5), j + (fk >= 0.5)
+        ni, nj = self.nearest(cell)
         e = self.energies[twin][ni, nj]
         d_hc, d_kc = self.slopes[twin, 0][ni, nj], self.slopes[twin, 1][ni, nj]
         dx = ((i + fh) - ni) * self.step[0]
@@ -203,6 +211,7 @@ class ModeGrid:
         return energy, d_hc * m[0, 0] + d_kc * m[0, 1], d_hc * m[1, 0] + d_kc * m[1, 1]
 
     def nearest(self, cell: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the node nearest to located points."""
         i, j, fh, fk = cell
         return i + (fh >= 0.5), j + (fk >= 0.5)
 
@@ -216,7 +225,8 @@ class ConvolvedSpectra:
     (Tobyfit). For each point and mode the energy at which the mode is seen,
     y = E_n(h, k) - dE, is linearised in the deviations and in the position inside the
     bin, so that the probability that y falls in the bin is a closed form (second
-    differences of the twice-integrated distribution function, see `_window_probability`).
+    differences of the twice-integrated normal distribution function, see
+    `_window_probability`).
 
     method "gaussian": every variable enters through the resolution covariance.
     method "montecarlo": the moderator and Fermi-chopper times, whose asymmetric
@@ -226,7 +236,8 @@ class ConvolvedSpectra:
     Both integrate deterministically over n_mc sub-boxes of each bin (quadrature points:
     the nearest square number), which converges far faster than random points would.
     Mode energies come from a fine table (ModeGrid) with exact slopes; S_perp is taken at
-    the true (h, k, l), l from kinematics.
+    each sub-box centre and its table node, with l from kinematics at the energy where the
+    mode is seen.
     """
 
     def __init__(
@@ -256,7 +267,8 @@ class ConvolvedSpectra:
             for name in ("h", "k", "dh", "dk", "e_lo", "e_hi", "ei", "setting")
         }
         self.flat = flat
-        self._groups = []  # per setting: pixel selection, maps, analytic variable, CDF table
+        # per setting: bins, covariance of the Gaussian part, time Jacobian, pulse table
+        self._groups = []
         margins = np.zeros((len(self.pixels), 2))
         for s_index, setting in enumerate(bins.settings):
             sel = np.nonzero(flat["setting"] == s_index)[0]
@@ -266,7 +278,7 @@ class ConvolvedSpectra:
                 setting,
                 flat["h"][sel],
                 flat["k"][sel],
-                self._centre_e(sel),
+                (flat["e_lo"][sel] + flat["e_hi"][sel]) / 2,
                 self.kin.lattice,
                 psi,
             )
@@ -283,9 +295,8 @@ class ConvolvedSpectra:
                 cov_rest = (
                     jac[:, :, rest] @ var[np.ix_(rest, rest)] @ jac[:, :, rest].transpose(0, 2, 1)
                 )
-                draws = resolution.sample_variables(setting, 200_000, np.random.default_rng(7))
                 spread = np.sqrt(np.diag(var))[sampled]
-                table = _pulse_tables(resolution, setting, draws[:, sampled] / spread)
+                table = _pulse_table(resolution, setting, tuple(sampled))
                 self._groups.append((sel, cov_rest, jac[:, :, sampled] * spread, table))
         # twins see the laboratory (h, k) swapped or rotated: tabulate a square around 0
         reach = max(
@@ -294,23 +305,18 @@ class ConvolvedSpectra:
         )
         self.h_range = self.k_range = (-1.02 * reach, 1.02 * reach)
 
-    def _centre_e(self, sel: np.ndarray) -> np.ndarray:
-        return (self.flat["e_lo"][sel] + self.flat["e_hi"][sel]) / 2
-
-    def __call__(self, params: np.ndarray, rng: object = None) -> np.ndarray:
-        """The convolved spectrum for one parameter set (layout shape, NaN where masked).
-        Deterministic: `rng` is accepted for interface compatibility and not used."""
+    def __call__(self, params: np.ndarray) -> np.ndarray:
+        """The convolved spectrum for one parameter set (layout shape, NaN where masked)."""
         grid = ModeGrid(self.swt, params, self.h_range, self.k_range)
+        side = max(1, int(round(np.sqrt(self.n_mc))))
         total = np.zeros(len(self.pixels))
         for sel, cov, pulse, table in self._groups:
-            n = len(sel)
-            side = max(1, int(round(np.sqrt(self.n_mc))))
-            for a in range(0, n, self.chunk):
-                part = slice(a, min(a + self.chunk, n))
-                h, k, half_h, half_k = self._points(sel[part], side * side, side)
-                extra = None if self.method == "gaussian" else (pulse[part], table)
-                total[sel[part]] = self._accumulate(
-                    grid, sel[part], h, k, half_h, half_k, cov[part], extra
+            for a in range(0, len(sel), self.chunk):
+                part = sel[a : a + self.chunk]
+                h, k, half_h, half_k = self._points(part, side)
+                extra = None if pulse is None else (pulse[a : a + self.chunk], table)
+                total[part] = self._accumulate(
+                    grid, part, h, k, half_h, half_k, cov[a : a + self.chunk], extra
                 )
         out = np.full(self.mask.size, np.nan)
         f = self.flat
@@ -327,7 +333,6 @@ class ConvolvedSpectra:
         a_k: np.ndarray,
         e_lo: np.ndarray,
         e_hi: np.ndarray,
-        reach: np.ndarray,
         pulse: tuple,
     ) -> np.ndarray:
         """P(mode seen in the bin) with the moderator and chopper times at their true
@@ -360,11 +365,11 @@ class ConvolvedSpectra:
             )
         return np.clip(prob, 0.0, 1.0)
 
-    def _points(self, pix: np.ndarray, s: int, side: int) -> tuple[np.ndarray, ...]:
-        """Nominal (h, k) of s points cycling over side x side sub-boxes of each bin, and the
-        sub-box half-widths (n, 1, 1)."""
+    def _points(self, pix: np.ndarray, side: int) -> tuple[np.ndarray, ...]:
+        """Nominal (h, k) (n, side^2) at the centres of side x side sub-boxes of each bin,
+        and the sub-box half-widths (n, 1, 1)."""
         f = self.flat
-        sub = np.arange(s) % (side * side)
+        sub = np.arange(side * side)
         frac_h = (2 * (sub % side) + 1) / side - 1  # sub-box centres in units of dh
         frac_k = (2 * (sub // side) + 1) / side - 1
         h = f["h"][pix, None] + frac_h[None, :] * f["dh"][pix, None]
@@ -386,9 +391,8 @@ class ConvolvedSpectra:
 
         h_nom, k_nom: (n, s) points at sub-box centres; half_h, half_k: sub-box
         half-widths; cov: (n, 4, 4) covariance of the deviations treated as Gaussian.
-        pulse (Monte Carlo): (J_t (n, 4, 2) Jacobian of the two time variables in units of
-        their standard deviations, their joint distribution table, (n,) uniform offsets of
-        the strata of each bin).
+        pulse (Monte Carlo route): (J_t (n, 4, 2) Jacobian of the two time variables in
+        units of their standard deviations, their PulseTable).
         """
         f = self.flat
         n, s = h_nom.shape
@@ -398,9 +402,9 @@ class ConvolvedSpectra:
         for t, weight in enumerate(grid.modes.twin_weights):
             cell = grid.locate(*grid.to_crystal(t, h_nom, k_nom))
             energy, grad_h, grad_k = grid.energies_and_gradient(t, cell)  # (n, s, N)
-            y = energy  # the nominal energy at which the mode is seen, before deviations
             a_h, a_k = np.abs(grad_h) * half_h, np.abs(grad_k) * half_k
-            # variance of y from the Gaussian deviations: g^T C g, g = (dE/dh, dE/dk, 0, -1)
+            # variance of the seen energy from the Gaussian deviations: g^T C g with
+            # g = (dE/dh, dE/dk, 0, -1)
             c = cov[:, None, None]
             var = (
                 grad_h**2 * c[..., 0, 0]
@@ -411,40 +415,30 @@ class ConvolvedSpectra:
                 - 2 * grad_k * c[..., 1, 3]
             )
             width = np.sqrt(np.maximum(var, 0.0))
-            reach = half + a_h + a_k + 8 * width
             if pulse is None:
-                near_bin = np.abs(y - centre) < reach
-                args = [np.broadcast_to(v, y.shape)[near_bin] for v in (y, width, a_h, a_k)]
-                lo_hi = [np.broadcast_to(v, y.shape)[near_bin] for v in (e_lo, e_hi)]
-                prob = np.zeros_like(y)
+                near_bin = np.abs(energy - centre) < half + a_h + a_k + 8 * width
+                args = [
+                    np.broadcast_to(v, energy.shape)[near_bin] for v in (energy, width, a_h, a_k)
+                ]
+                lo_hi = [np.broadcast_to(v, energy.shape)[near_bin] for v in (e_lo, e_hi)]
+                prob = np.zeros_like(energy)
                 prob[near_bin] = _window_probability(*args, *lo_hi)
             else:
                 prob = self._pulse_probability(
-                    y, grad_h, grad_k, width, a_h, a_k, e_lo, e_hi, reach, pulse
+                    energy, grad_h, grad_k, width, a_h, a_k, e_lo, e_hi, pulse
                 )
             p, smp, mode = np.nonzero(prob > 1e-6)
-            e_seen = np.clip(y[p, smp, mode], e_lo[p, 0, 0], e_hi[p, 0, 0])  # > 0
-            l_nom, valid = kinematic_l(
-                h_nom[p, smp],
-                k_nom[p, smp],
-                e_seen,
-                f["ei"][pix][p],
-                self.kin.lattice,
-                self.kin.psi,
-                self.kin.tilt,
-            )
-            l_true = np.where(valid, l_nom, 0.0)
-            q = self.kin.q_lab(h_nom[p, smp], k_nom[p, smp], l_true)
-            q_abs = np.linalg.norm(q, axis=-1)
-            q_hat = q / np.where(q_abs > 0, q_abs, 1.0)[:, None]
+            e_seen = np.clip(energy[p, smp, mode], e_lo[p, 0, 0], e_hi[p, 0, 0])  # > 0
             near = grid.nearest(tuple(c[p, smp] for c in cell))
             amps = grid.amplitudes[t][near[0], near[1], mode]
-            val = grid.modes.sperp(amps[:, None], t, l_true, q_abs, q_hat)[:, 0]
+            val = self.kin.sperp(
+                grid.modes, amps, t, h_nom[p, smp], k_nom[p, smp], e_seen, f["ei"][pix][p]
+            )
             # undo the sqrt(E) scaling of the amplitudes with the mode's energy at the point;
             # near a Goldstone mode that can fall far below the bin in which the mode is seen
             # (steep slope), so it is bounded by half the seen energy
             val = val / np.maximum(energy[p, smp, mode], 0.5 * e_seen)
-            np.add.at(value, p, weight * np.where(valid, val * prob[p, smp, mode], 0.0))
+            np.add.at(value, p, weight * val * prob[p, smp, mode])
         return value / s
 
 
@@ -482,11 +476,14 @@ SAMPLED_VARIABLES = ("moderator_time", "chopper_time")
 _PULSE_CACHE: dict = {}
 
 
-def _pulse_tables(resolution: object, setting: object, samples: np.ndarray) -> PulseTable:
-    """One table per resolution model, setting and process (building one takes ~1 s)."""
-    key = (repr(resolution), setting)
+def _pulse_table(resolution: object, setting: object, sampled: tuple[int, ...]) -> PulseTable:
+    """The PulseTable of the given (time) variables, standardised, from 200,000 draws of the
+    resolution model; one per model, setting and process (building one takes ~1 s)."""
+    key = (repr(resolution), setting, sampled)
     if key not in _PULSE_CACHE:
-        _PULSE_CACHE[key] = PulseTable(samples)
+        draws = resolution.sample_variables(setting, 200_000, np.random.default_rng(7))
+        spread = np.sqrt(np.diag(resolution.variable_covariance(setting)))
+        _PULSE_CACHE[key] = PulseTable((draws / spread)[:, list(sampled)])
     return _PULSE_CACHE[key]
 
 

@@ -58,15 +58,14 @@ def model_info(config: SimulationConfig) -> dict:
     }
 
 
-def make_calculator(config: SimulationConfig) -> Callable[[np.ndarray, int], np.ndarray]:
-    """A function (parameters, spectrum index) -> spectrum for the config."""
+def make_calculator(config: SimulationConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """A function parameters -> spectrum for the config (deterministic)."""
     model = load_model(config.model)
     bins, mask, _ = make_bins_and_mask(config)
     psi, tilt = orientation(config)
     if config.resolution == "none":
-        calc = UnconvolvedSpectra(model, bins, mask, psi=psi, tilt=tilt)
-        return lambda params, index: calc(params)
-    conv = ConvolvedSpectra(
+        return UnconvolvedSpectra(model, bins, mask, psi=psi, tilt=tilt)
+    return ConvolvedSpectra(
         model,
         bins,
         MAPS_RESOLUTION,
@@ -76,5 +75,3 @@ def make_calculator(config: SimulationConfig) -> Callable[[np.ndarray, int], np.
         psi=psi,
         tilt=tilt,
     )
-    # Monte Carlo noise seeded per spectrum: results do not depend on chunking or order
-    return lambda params, index: conv(params, np.random.default_rng([config.seed, 1, index]))

@@ -1,8 +1,9 @@
 """Generate datasets of spectra on Dask distributed, interruptible and resumable.
 
 The job is split into chunks of consecutive spectra. Parameters are drawn up front from the
-seed (uniform in the model's training ranges, unstable sets rejected and counted), so every
-chunk's result is fixed before any work starts; Monte Carlo noise is seeded per spectrum.
+seed (uniform in the model's training ranges, unstable sets rejected and counted), and the
+spectra are deterministic functions of them, so every chunk's result is fixed before any
+work starts.
 Each finished chunk is written atomically to `OUT.parts/chunk-NNNNN.npz`; when all are done
 they are assembled into OUT (atomically) and the parts are removed. Killing the job at any
 moment loses at most the chunks in flight; running the same command again computes only
@@ -74,15 +75,15 @@ class SimulationConfig:
 
 # --------------------------------------------------------------------------- spectra
 @lru_cache(maxsize=4)
-def _calculator(config_json: str) -> Callable[[np.ndarray, int], np.ndarray]:
-    """Build (once per process) the function computing spectrum i for parameters p."""
+def _calculator(config_json: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Build (once per process) the function computing a spectrum from parameters."""
     from exp2sim.spectra.factory import make_calculator
 
     return make_calculator(SimulationConfig(**json.loads(config_json)))
 
 
-def compute_chunk(config_json: str, start: int, params: np.ndarray) -> np.ndarray:
-    """Spectra start, start + 1, ... for the rows of params, (m, *shape) float32."""
+def compute_chunk(config_json: str, params: np.ndarray) -> np.ndarray:
+    """Spectra for the rows of params, (m, *shape) float32."""
     try:
         import torch
 
@@ -90,7 +91,7 @@ def compute_chunk(config_json: str, start: int, params: np.ndarray) -> np.ndarra
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     calc = _calculator(config_json)
-    return np.stack([calc(p, start + i) for i, p in enumerate(params)]).astype(np.float32)
+    return np.stack([calc(p) for p in params]).astype(np.float32)
 
 
 def draw_parameters(config: SimulationConfig) -> tuple[np.ndarray, int]:
@@ -192,7 +193,8 @@ class Job:
         """Compute the missing chunks on Dask and assemble the file. Returns a summary."""
         params = self.prepare()
         todo = [c for c in self.chunks if c[0] not in self.done()]
-        total, finished = self.config.n, self.config.n - sum(b - a for a, b in todo)
+        computed = sum(b - a for a, b in todo)
+        total, finished = self.config.n, self.config.n - computed
         t0 = time.perf_counter()
         if progress:
             progress(finished, total)
@@ -213,7 +215,7 @@ class Job:
                 client = Client(cluster)
             try:
                 futures = {
-                    client.submit(compute_chunk, self.config_json, a, params[a:b], pure=False): a
+                    client.submit(compute_chunk, self.config_json, params[a:b], pure=False): a
                     for a, b in todo
                 }
                 for fut in as_completed(futures):
@@ -229,11 +231,7 @@ class Job:
                     cluster.close()
         seconds = time.perf_counter() - t0
         self.assemble(params)
-        return {
-            "n": total,
-            "computed": total - (self.config.n - sum(b - a for a, b in todo)),
-            "seconds": seconds,
-        }
+        return {"n": total, "computed": computed, "seconds": seconds}
 
     def assemble(self, params: np.ndarray) -> None:
         """Write OUT from the parts and remove them."""

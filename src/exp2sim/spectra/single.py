@@ -31,7 +31,7 @@ def write_single_spectrum(
             f"parameters {', '.join(f'{v:g}' for v in params)} make model {model.name!r} "
             "unstable: h(k) is not positive definite"
         )
-    spectrum = make_calculator(config)(params, 0).astype(np.float32)
+    spectrum = make_calculator(config)(params).astype(np.float32)
     if suffix == ".npy":
         with atomic_path(out) as tmp, open(tmp, "wb") as fh:
             np.save(fh, spectrum)

@@ -370,6 +370,21 @@ class SpinWaveTheory:
         return stable.cpu().numpy()
 
     # ------------------------------------------------------------------ observables
+    def _frames(self, q_rlu: np.ndarray, twins: bool) -> tuple:
+        """Checked wave vectors (Q, 3), their Cartesian form (inverse Angstrom), the inverse
+        reciprocal basis of the LSWT cell, the twins used and their normalised weights."""
+        q = np.asarray(q_rlu, dtype=float)
+        if q.ndim != 2 or q.shape[1] != 3:
+            raise ValueError(f"Q must have shape (n, 3), got {q.shape}")
+        if not np.all(np.isfinite(q)):
+            raise ValueError("Q contains NaN or Inf")
+        s = self.system
+        twin_list = s.twins if twins else s.twins[:1]
+        weights = np.array([t.weight for t in twin_list], dtype=float)
+        recip = s.lattice.reciprocal
+        q_lab = q @ (recip * np.asarray(s.supercell, dtype=float)[:, None])
+        return q, q_lab, np.linalg.inv(recip), twin_list, weights / weights.sum()
+
     def calculate(
         self,
         q_rlu: np.ndarray,
@@ -383,20 +398,8 @@ class SpinWaveTheory:
 
         params: (n_params,) or (P, n_params). twins=False uses the untwinned crystal only.
         """
-        q = np.asarray(q_rlu, dtype=float)
-        if q.ndim != 2 or q.shape[1] != 3:
-            raise ValueError(f"Q must have shape (n, 3), got {q.shape}")
-        if not np.all(np.isfinite(q)):
-            raise ValueError("Q contains NaN or Inf")
+        q, q_lab, inv_recip, twin_list, weights = self._frames(q_rlu, twins)
         w = self.parameter_weights(params)
-        s = self.system
-        twin_list = s.twins if twins else s.twins[:1]
-        weights = np.array([t.weight for t in twin_list], dtype=float)
-        weights = weights / weights.sum()
-        lat = s.lattice
-        conv_recip = lat.reciprocal * np.asarray(s.supercell, dtype=float)[:, None]
-        q_lab = q @ conv_recip  # Cartesian, inverse Angstrom
-        inv_recip = np.linalg.inv(lat.reciprocal)
         qhat = torch.tensor(_unit(q_lab), dtype=torch.complex128, device=self.device)
         energies, sab_all, sperp_all = [], [], []
         unstable = torch.zeros(len(w), dtype=torch.bool, device=self.device)
@@ -444,16 +447,14 @@ class SpinWaveTheory:
         """
         if np.any(self._d.cpu().numpy()[:, 2] != 0):
             raise ValueError("layer_modes needs a layered system: a bond crosses cells along c")
-        q = np.asarray(q_rlu, dtype=float)
-        if q.ndim != 2 or q.shape[1] != 3 or not np.all(np.isfinite(q)):
-            raise ValueError("Q must be a finite array of shape (n, 3)")
-        q = q.copy()
-        q[:, 2] = 0.0
+        q = np.array(q_rlu, dtype=float)
+        if q.ndim == 2 and q.shape[1] == 3:
+            q[:, 2] = 0.0
+        q, q_lab, inv_recip, twin_list, weights = self._frames(q, twins)
         s = self.system
         recip = s.lattice.reciprocal
         if not np.allclose(recip[:2, 2], 0) or not np.allclose(recip[2, :2], 0):
             raise ValueError("layer_modes needs c* perpendicular to a* and b*")
-        twin_list = s.twins if twins else s.twins[:1]
         l_sign = []
         for t in twin_list:
             r = t.rotation
@@ -468,8 +469,6 @@ class SpinWaveTheory:
         groups = torch.tensor(member, dtype=torch.float64, device=self.device)
         w = self.parameter_weights(params)
         conv_recip = recip * np.asarray(s.supercell, dtype=float)[:, None]
-        q_lab = q @ conv_recip
-        inv_recip = np.linalg.inv(recip)
         energies, amps, grads = [], [], []
         unstable = torch.zeros(len(w), dtype=torch.bool, device=self.device)
         for twin in twin_list:
@@ -486,7 +485,6 @@ class SpinWaveTheory:
                 dk_dq = torch.tensor(conv_recip @ rotation @ inv_recip, device=self.device)
                 grads.append((vel[0] @ dk_dq.T)[..., :2])
             unstable |= bad.any(-1)
-        weights = np.array([t.weight for t in twin_list], dtype=float)
         return LayerModes(
             q=q,
             energies=torch.stack(energies, 1).cpu().numpy(),
@@ -495,7 +493,7 @@ class SpinWaveTheory:
             group_ion=tuple(key[1] or None for key in keys),
             l_sign=np.array(l_sign),
             l_scale=float(s.supercell[2]),
-            twin_weights=weights / weights.sum(),
+            twin_weights=weights,
             stable=(~unstable).cpu().numpy(),
             gradients=torch.stack(grads, 1).cpu().numpy() if gradients else None,
         )
@@ -560,12 +558,14 @@ class SpinWaveTheory:
         amp_shape = (n_p, n_q, n, 3) if groups is None else (n_p, n_q, n, groups.shape[1], 3)
         amps = torch.empty(amp_shape, dtype=torch.complex128, device=self.device)
         bad = torch.empty((n_p, n_q), dtype=torch.bool, device=self.device)
-        vel = torch.empty((n_p, n_q, n, 3), dtype=torch.float64, device=self.device)
-        for idx, e_part, a_part, b_part, v_part in parts:
+        for idx, e_part, a_part, b_part, _ in parts:
             energies[:, idx], amps[:, idx], bad[:, idx] = e_part, a_part, b_part
-            if velocities:
-                vel[:, idx] = v_part
-        return (energies, amps, bad, vel) if velocities else (energies, amps, bad)
+        if not velocities:
+            return energies, amps, bad
+        vel = torch.empty((n_p, n_q, n, 3), dtype=torch.float64, device=self.device)
+        for idx, *_, v_part in parts:
+            vel[:, idx] = v_part
+        return energies, amps, bad, vel
 
     def _chunks(self, counts: list[int], n_params: int) -> list[tuple[int, int]]:
         """Ranges of distinct wave vectors holding about `chunk` (P x Q) problems each."""
