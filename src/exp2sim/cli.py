@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from exp2sim import __version__
+from exp2sim.cli_common import console, err_console, progress_bar, user_errors
 
 if TYPE_CHECKING:  # the physics imports torch: load it only when a command needs it
     from exp2sim.spinwave.lswt import SpinWaveResult
@@ -30,8 +29,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 
 # Options shared by several commands.
@@ -44,17 +41,6 @@ ResolutionOpt = Annotated[str, typer.Option(help="none, gaussian or montecarlo."
 EiOpt = Annotated[float, typer.Option(help="Incident energy (meV) of volumes and cuts.")]
 FrequencyOpt = Annotated[float, typer.Option(help="Fermi chopper frequency (Hz).")]
 NmcOpt = Annotated[int, typer.Option(help="Integration points per bin (convolved spectra).")]
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Bad input ends the command with one line on stderr and exit status 2."""
-    try:
-        yield
-    except (ValueError, OSError, KeyError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
 
 
 def _vector(text: str, what: str) -> np.ndarray:
@@ -291,15 +277,6 @@ def simulate(
     Interrupt it at any moment (Ctrl-C, kill -9): the same command resumes without losing or
     repeating finished spectra, and gives the same file as an uninterrupted run.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     with user_errors():
         from exp2sim.spectra.generate import Job, SimulationConfig
 
@@ -317,16 +294,7 @@ def simulate(
             chunk=chunk,
         )
         job = Job(config, out, overwrite=overwrite)
-        columns = (
-            TextColumn("[bold]simulating"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=err_console, transient=False) as bar:
+        with progress_bar("simulating", "rate") as bar:
             task = bar.add_task("simulate", total=n, rate="")
             start: list[tuple[float, int]] = []  # (time, spectra done) at the first report
 
@@ -409,3 +377,10 @@ def show(
 
 if __name__ == "__main__":
     app()
+
+
+# The GAN's commands live in their own module; registering them here keeps one `app`.
+from exp2sim.cli_gan import train, translate  # noqa: E402
+
+app.command()(train)
+app.command()(translate)

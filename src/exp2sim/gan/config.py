@@ -1,0 +1,145 @@
+"""The configuration of one GAN training run: one dataclass, saved as JSON beside the
+checkpoints and embedded in every checkpoint file."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines an Exp2SimGAN run. Domain A is experiment-like (convolved),
+    domain B simulation (unconvolved); G_A translates A -> B (Exp2Sim), G_B B -> A (Sim2Exp).
+    """
+
+    # networks
+    ngf: int = 32  # generator width (channels after the stem)
+    n_blocks: int = 6  # residual blocks at 1/4 resolution
+    ndf: int = 32  # discriminator width
+    d_layers: int = 3  # strided discriminator stages
+    nce_layers: tuple[str, ...] = ("down1", "down2", "block1", "block5")
+    nce_patches: int = 256  # locations sampled per layer and image
+    nce_units: int = 256  # projection head width
+    nce_temperature: float = 0.07
+    # loss weights, GAN : NCE : identity : auxiliary = 1 : 4 : 2 : 1 as in the paper
+    lambda_gan: float = 1.0
+    lambda_nce: float = 4.0
+    lambda_idt: float = 2.0
+    lambda_aux: float = 1.0
+    # optimisation: Adam, constant lr for `epochs`, then linear decay to 0 over `epochs_decay`
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    epochs: int = 10
+    epochs_decay: int = 10
+    batch_size: int = 1
+    iterations_per_epoch: int = 0  # 0: max(n_A, n_B) // batch_size
+    # data
+    crop: int = 64  # side of the random training crops (clipped to the data, multiple of 4)
+    flip_axes: tuple[int, ...] = (-1,)  # spatial axes flipped at random (-1: the last)
+    percentile: float = 99.0  # intensity normalisation, see normalisation.py
+    compression: float = 10.0
+    val_fraction: float = 0.1  # spectra held out of each domain for model selection
+    # bookkeeping
+    fid_every: int = 1  # epochs between Frechet-distance evaluations
+    figure_every: int = 1  # epochs between loss-curve / sample figures
+    checkpoint_every: int = 500  # iterations between mid-epoch checkpoints
+    precision: str = "fp32"  # fp32 or bf16 (autocast for the network passes)
+    device: str = "auto"  # auto, cpu or cuda
+    seed: int = 0
+    extra: dict = field(default_factory=dict)  # free-form notes, kept with the run
+
+    ARCHITECTURE = ("ngf", "n_blocks", "ndf", "d_layers", "nce_layers", "nce_units")
+
+    def __post_init__(self) -> None:
+        self.nce_layers = tuple(self.nce_layers)
+        self.flip_axes = tuple(self.flip_axes)
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {self.precision!r}")
+        for name in ("ngf", "n_blocks", "ndf", "d_layers", "nce_patches", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        from exp2sim.gan.networks import encoder_layer_names
+
+        unknown = set(self.nce_layers) - set(encoder_layer_names(self.n_blocks))
+        if unknown or not self.nce_layers:
+            raise ValueError(
+                f"nce_layers {sorted(unknown) or '[]'} not among the generator's encoder "
+                f"layers {encoder_layer_names(self.n_blocks)}"
+            )
+        if self.crop < self.min_crop():
+            raise ValueError(f"crop must be at least {self.min_crop()} pixels")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError("val_fraction must lie between 0 and 1")
+
+    def min_crop(self) -> int:
+        """Smallest crop side the discriminator can judge: its strided stages and two
+        4-wide convolutions must leave at least 2 patches for instance norm."""
+        return max(16, 3 * 2**self.d_layers)
+
+    def architecture(self) -> dict:
+        """The fields that fix the networks' weights and their meaning."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in self.to_dict().items()
+            if k in self.ARCHITECTURE
+        }
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def replace(self, **changes: object) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, dict] = {
+    # A few minutes per epoch on a 2-core CPU for a few hundred 2D spectra.
+    "small": {},
+    # The paper's configuration (GPU-sized): 11.4 M-parameter generators, 256 crops, 200 + 200
+    # epochs, bf16 autocast.
+    "paper": {
+        "ngf": 64,
+        "n_blocks": 9,
+        "ndf": 64,
+        "crop": 256,
+        "epochs": 200,
+        "epochs_decay": 200,
+        "precision": "bf16",
+    },
+}
+
+
+def load_preset(name_or_file: str) -> TrainConfig:
+    """A preset by name, or a TOML file of TrainConfig fields (optionally with
+    `preset = "paper"` to start from a preset)."""
+    if name_or_file in PRESETS:
+        return TrainConfig.from_dict(PRESETS[name_or_file])
+    path = Path(name_or_file)
+    if path.suffix != ".toml":
+        raise ValueError(f"unknown preset {name_or_file!r}: use small, paper or a .toml file")
+    try:
+        values = tomllib.loads(path.read_text())
+    except OSError:
+        raise ValueError(f"{path}: cannot read the configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    base = PRESETS.get(values.pop("preset", "small"))
+    if base is None:
+        raise ValueError(f"{path}: unknown preset; use small or paper")
+    return TrainConfig.from_dict({**base, **values})

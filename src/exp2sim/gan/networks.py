@@ -1,0 +1,181 @@
+"""The networks of Exp2SimGAN, one implementation for 1D, 2D and 3D spectra.
+
+- `ResnetGenerator`: CycleGAN/CUT ResNet generator with reflection padding, instance norm and
+  anti-aliased down/up-sampling. It can return the encoder features PatchNCE needs from the
+  same pass that makes the translation, and can stop after the deepest feature layer.
+- `PatchDiscriminator`: PatchGAN with two output channels, real/fake (GAN) and the
+  auxiliary simulation-vs-experiment class of Exp2SimGAN.
+- `ProjectionHeads`: the two-layer MLPs that map sampled encoder features to PatchNCE
+  embeddings (L2-normalised).
+
+All take (batch, 1, *spatial) float tensors of any spatial size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from exp2sim.gan.layers import (
+    BlurDownsample,
+    BlurUpsample,
+    Pad,
+    conv,
+    instance_norm,
+    pad_to_multiple,
+)
+
+
+class ResnetBlock(nn.Module):
+    """x + (pad, conv3, norm, ReLU, pad, conv3, norm)(x)."""
+
+    def __init__(self, dim: int, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            Pad(dim, 1),
+            conv(dim, channels, channels, 3),
+            instance_norm(dim, channels),
+            nn.ReLU(inplace=True),
+            Pad(dim, 1),
+            conv(dim, channels, channels, 3),
+            instance_norm(dim, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def encoder_layer_names(n_blocks: int) -> list[str]:
+    """Names of the generator's encoder layers whose outputs PatchNCE may use, in order:
+    the stem convolution, the two downsampling convolutions and every residual block."""
+    return ["stem", "down1", "down2"] + [f"block{i + 1}" for i in range(n_blocks)]
+
+
+class ResnetGenerator(nn.Module):
+    """ResNet generator: 7-wide stem, two anti-aliased downsamplings (x2 channels each),
+    `n_blocks` residual blocks at 1/4 resolution, two anti-aliased upsamplings, 7-wide head,
+    tanh. Inputs of any size: they are padded to a multiple of 4 and cropped back.
+
+    With ngf 64 and 9 blocks in 2D this is the 11.4 M-parameter generator of the paper.
+    """
+
+    def __init__(self, dim: int, ngf: int = 64, n_blocks: int = 9) -> None:
+        super().__init__()
+        self.dim, self.ngf, self.n_blocks = dim, ngf, n_blocks
+        self.stem_conv = nn.Sequential(Pad(dim, 3), conv(dim, 1, ngf, 7))
+        self.stem_act = nn.Sequential(instance_norm(dim, ngf), nn.ReLU(inplace=True))
+        self.down_convs = nn.ModuleList()
+        self.down_acts = nn.ModuleList()
+        for i in range(2):
+            c = ngf * 2**i
+            self.down_convs.append(conv(dim, c, 2 * c, 3, padding=1))
+            self.down_acts.append(
+                nn.Sequential(
+                    instance_norm(dim, 2 * c), nn.ReLU(inplace=True), BlurDownsample(dim, 2 * c)
+                )
+            )
+        self.blocks = nn.ModuleList(ResnetBlock(dim, 4 * ngf) for _ in range(n_blocks))
+        up: list[nn.Module] = []
+        for i in range(2):
+            c = ngf * 2 ** (2 - i)
+            up += [
+                BlurUpsample(dim, c),
+                conv(dim, c, c // 2, 3, padding=1),
+                instance_norm(dim, c // 2),
+                nn.ReLU(inplace=True),
+            ]
+        up += [Pad(dim, 3), conv(dim, ngf, 1, 7), nn.Tanh()]
+        self.decoder = nn.Sequential(*up)
+
+    def layer_channels(self, names: list[str] | tuple[str, ...]) -> list[int]:
+        """Channels of the named encoder layers' outputs."""
+        c = {"stem": self.ngf, "down1": 2 * self.ngf, "down2": 4 * self.ngf}
+        return [c.get(n, 4 * self.ngf) for n in names]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        layers: list[str] | tuple[str, ...] = (),
+        encode_only: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """Translate x of shape (B, 1, *S). With `layers`, also return those encoder
+        layers' outputs (B, C_l, *S_l) as a list: the feature maps of PatchNCE, taken from
+        the same pass. With `encode_only`, stop after the deepest requested layer and return
+        (None, features)."""
+        x, crop = pad_to_multiple(x, 4)
+        wanted = set(layers)
+        unknown = wanted - set(encoder_layer_names(self.n_blocks))
+        if unknown:
+            raise ValueError(f"unknown encoder layers {sorted(unknown)}")
+        feats: dict[str, torch.Tensor] = {}
+        last = max((encoder_layer_names(self.n_blocks).index(n) for n in layers), default=-1)
+
+        def keep(name: str, t: torch.Tensor) -> bool:
+            if name in wanted:
+                feats[name] = t
+            return encode_only and encoder_layer_names(self.n_blocks).index(name) >= last
+
+        h = self.stem_conv(x)
+        if keep("stem", h):
+            return None, [feats[n] for n in layers]
+        h = self.stem_act(h)
+        for i in range(2):
+            h = self.down_convs[i](h)
+            if keep(f"down{i + 1}", h):
+                return None, [feats[n] for n in layers]
+            h = self.down_acts[i](h)
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if keep(f"block{i + 1}", h):
+                return None, [feats[n] for n in layers]
+        y = self.decoder(h)[(slice(None), slice(None), *crop)]
+        if layers:
+            return y, [feats[n] for n in layers]
+        return y
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (pix2pix/CycleGAN) with `n_layers` strided stages and two output channels per
+    patch: channel 0 real (1) vs fake (0); channel 1 the auxiliary class, simulation (1) vs
+    experiment (0). Output (B, 2, *S_patches)."""
+
+    def __init__(self, dim: int, ndf: int = 64, n_layers: int = 3) -> None:
+        super().__init__()
+        self.dim = dim
+        layers: list[nn.Module] = [conv(dim, 1, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        c = ndf
+        for n in range(1, n_layers):
+            c_next = ndf * min(2**n, 8)
+            layers += [
+                conv(dim, c, c_next, 4, stride=2, padding=1),
+                instance_norm(dim, c_next),
+                nn.LeakyReLU(0.2),
+            ]
+            c = c_next
+        c_next = ndf * min(2**n_layers, 8)
+        layers += [
+            conv(dim, c, c_next, 4, padding=1),
+            instance_norm(dim, c_next),
+            nn.LeakyReLU(0.2),
+            conv(dim, c_next, 2, 4, padding=1),
+        ]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class ProjectionHeads(nn.Module):
+    """One two-layer MLP (C_l -> units -> units) per encoder layer, L2-normalised output."""
+
+    def __init__(self, channels: list[int], units: int = 256) -> None:
+        super().__init__()
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(c, units), nn.ReLU(inplace=True), nn.Linear(units, units))
+            for c in channels
+        )
+
+    def forward(self, layer: int, feats: torch.Tensor) -> torch.Tensor:
+        """Project sampled features (B, P, C_l) of encoder layer `layer` to (B, P, units)."""
+        return F.normalize(self.mlps[layer](feats), dim=-1, eps=1e-7)

@@ -1,0 +1,359 @@
+"""Training an Exp2SimGAN: data, optimisers, the loop, checkpoints, model selection.
+
+A run directory holds:
+
+    config.json              the TrainConfig and the data facts (dimension, shapes, scales)
+    checkpoint.safetensors   latest full state: all networks, both Adam states, RNG states,
+                             epoch and iteration, history; enough to resume exactly
+    best.safetensors         generators of the epoch with the lowest Frechet distance
+    history.json             per-epoch mean losses and Frechet distances
+    figures/                 losses.png and sample translations per epoch
+
+The learning-rate schedule is a function of the epoch (constant, then linear decay to 0), so
+saving the epoch saves the scheduler. Multi-process runs (torchrun) average gradients
+over the ranks; rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from exp2sim.fileio import write_text_atomic
+from exp2sim.gan.checkpoint import load_state, read_info, save_state
+from exp2sim.gan.config import TrainConfig
+from exp2sim.gan.data import CropSampler, Domain, crop_shape, load_domain
+from exp2sim.gan.fid import spectra_distance
+from exp2sim.gan.model import DCLGAN, autocast
+from exp2sim.gan.normalisation import IntensityScale
+
+CHECKPOINT = "checkpoint.safetensors"
+BEST = "best.safetensors"
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: CUDA when available (the local rank's GPU under torchrun), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but torch sees no CUDA GPU")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name != "cpu":
+        raise ValueError(f"unknown device {name!r}: use auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """lr during `epoch` (0-based): constant, then linear decay over epochs_decay."""
+    if epoch < config.epochs:
+        return config.lr
+    return config.lr * max(0.0, 1.0 - (epoch - config.epochs + 1) / (config.epochs_decay + 1))
+
+
+@dataclass
+class RunData:
+    """Both domains and the facts about them saved with the run."""
+
+    a: Domain
+    b: Domain
+    dim: int
+    crop: tuple[int, ...]
+
+    def info(self) -> dict:
+        return {
+            "dim": self.dim,
+            "crop": list(self.crop),
+            "shape_a": list(self.a.train.shape[1:]),
+            "shape_b": list(self.b.train.shape[1:]),
+            "scale_a": self.a.scale.to_dict(),
+            "scale_b": self.b.scale.to_dict(),
+        }
+
+
+def prepare_data(
+    config: TrainConfig, path_a: str | Path, path_b: str | Path, saved: dict | None = None
+) -> RunData:
+    """Load, split and normalise both domains (with the saved scales when resuming)."""
+    spectra_a, spectra_b = load_domain(path_a), load_domain(path_b)
+    if spectra_a.ndim != spectra_b.ndim:
+        raise ValueError(
+            f"domain A holds {spectra_a.ndim - 1}D spectra but domain B "
+            f"{spectra_b.ndim - 1}D spectra"
+        )
+    kw = {"percentile": config.percentile, "compression": config.compression}
+    scale_a = IntensityScale(**saved["scale_a"]) if saved else None
+    scale_b = IntensityScale(**saved["scale_b"]) if saved else None
+    a = Domain.from_spectra(spectra_a, config.val_fraction, config.seed, scale_a, **kw)
+    b = Domain.from_spectra(spectra_b, config.val_fraction, config.seed + 1, scale_b, **kw)
+    crop = crop_shape(config.crop, a.train.shape[1:], b.train.shape[1:])
+    if min(crop) < config.min_crop():
+        raise ValueError(
+            f"spectra of shape {a.train.shape[1:]} / {b.train.shape[1:]} give crops {crop}, "
+            f"too small for a {config.d_layers}-layer discriminator (needs "
+            f"{config.min_crop()} pixels per axis): lower d_layers or use larger spectra"
+        )
+    return RunData(a, b, spectra_a.ndim - 1, crop)
+
+
+class Trainer:
+    """Trains one run directory. `Trainer.new(config, A, B, out)` starts a run,
+    `Trainer.resume(out)` continues one; then `fit()`."""
+
+    def __init__(self, config: TrainConfig, data: RunData, out: Path, sources: dict) -> None:
+        self.config, self.data, self.out, self.sources = config, data, Path(out), sources
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.device = pick_device(config.device)
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.model = DCLGAN(config, data.dim).to(self.device)
+        betas = (config.beta1, config.beta2)
+        self.opt_g = torch.optim.Adam(self.model.generator_parameters(), config.lr, betas)
+        self.opt_d = torch.optim.Adam(self.model.discriminator_parameters(), config.lr, betas)
+        self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
+        self.samplers = (
+            CropSampler(data.a.train, data.crop, config.flip_axes),
+            CropSampler(data.b.train, data.crop, config.flip_axes),
+        )
+        self.epoch, self.iteration = 0, 0
+        self.history: list[dict] = []
+        self.running: dict[str, float] = {}
+        self.best: dict | None = None
+
+    # ---- construction -----------------------------------------------------------------
+    @classmethod
+    def new(
+        cls, config: TrainConfig, path_a: str | Path, path_b: str | Path, out: str | Path
+    ) -> Trainer:
+        out = Path(out)
+        if (out / CHECKPOINT).exists():
+            raise ValueError(f"{out} already holds a run: resume it with --resume {out}")
+        data = prepare_data(config, path_a, path_b)
+        sources = {"domain_a": str(Path(path_a).resolve()), "domain_b": str(Path(path_b).resolve())}
+        trainer = cls(config, data, out, sources)
+        if trainer.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / "config.json", json.dumps(trainer.run_info(), indent=2))
+        return trainer
+
+    @classmethod
+    def resume(
+        cls, out: str | Path, epochs: int | None = None, device: str | None = None
+    ) -> Trainer:
+        """Continue the run in `out` from its latest checkpoint (optionally with a new total
+        of constant-lr epochs or another device)."""
+        out = Path(out)
+        if not (out / CHECKPOINT).exists():
+            raise ValueError(f"{out}: no checkpoint to resume from")
+        info = read_info(out / CHECKPOINT)
+        config = TrainConfig.from_dict(info["config"])
+        changes = {k: v for k, v in {"epochs": epochs, "device": device}.items() if v is not None}
+        config = config.replace(**changes)
+        data = prepare_data(
+            config, info["sources"]["domain_a"], info["sources"]["domain_b"], info["data"]
+        )
+        if data.info() != info["data"]:
+            raise ValueError(f"{out}: the training data have changed since the run started")
+        trainer = cls(config, data, out, info["sources"])
+        trainer.load_checkpoint(out / CHECKPOINT)
+        return trainer
+
+    def run_info(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "data": self.data.info(),
+            "sources": self.sources,
+            "world_size": self.world,
+        }
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def _rng_states(self) -> list[torch.Tensor]:
+        state = self.generator.get_state()
+        if self.world == 1:
+            return [state]
+        states = [torch.empty_like(state) for _ in range(self.world)]
+        dist.all_gather(states, state)
+        return states
+
+    def save_checkpoint(self) -> None:
+        """Everything needed to continue exactly from here (rank 0 writes it)."""
+        rng = self._rng_states()
+        if self.rank != 0:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optim_g": self.opt_g.state_dict(),
+            "optim_d": self.opt_d.state_dict(),
+            "rng": {"sampler": rng, "torch": torch.get_rng_state()},
+        }
+        info = self.run_info() | {
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "running": self.running,
+            "history": self.history,
+            "best": self.best,
+        }
+        save_state(self.out / CHECKPOINT, state, info)
+
+    def load_checkpoint(self, path: Path) -> None:
+        state, info = load_state(path, device="cpu")
+        check_architecture(info, self.config, path)
+        self.model.load_state_dict(state["model"])
+        self.opt_g.load_state_dict(state["optim_g"])
+        self.opt_d.load_state_dict(state["optim_d"])
+        samplers = state["rng"]["sampler"]
+        if len(samplers) != self.world:
+            raise ValueError(
+                f"{path}: saved with {len(samplers)} processes, resumed with {self.world}"
+            )
+        self.generator.set_state(samplers[self.rank])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.epoch, self.iteration = info["epoch"], info["iteration"]
+        self.running, self.history, self.best = info["running"], info["history"], info["best"]
+
+    def save_best(self, epoch: int, score: dict) -> None:
+        state = {"model": {k: v for k, v in self.model.state_dict().items() if k.startswith("G_")}}
+        save_state(self.out / BEST, state, self.run_info() | {"epoch": epoch, "fid": score})
+
+    # ---- training ---------------------------------------------------------------------
+    @property
+    def iterations_per_epoch(self) -> int:
+        c = self.config
+        if c.iterations_per_epoch > 0:
+            return c.iterations_per_epoch
+        n = max(len(self.data.a.train), len(self.data.b.train))
+        return max(1, n // (c.batch_size * self.world))
+
+    @property
+    def total_epochs(self) -> int:
+        return self.config.epochs + self.config.epochs_decay
+
+    def step(self) -> dict[str, float]:
+        """One training iteration on fresh random crops."""
+        c = self.config
+        a, ma = self.samplers[0].sample(c.batch_size, self.generator)
+        b, mb = self.samplers[1].sample(c.batch_size, self.generator)
+        to = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
+        return self.model.train_step(
+            to(a), to(ma), to(b), to(mb), self.opt_g, self.opt_d, self.generator
+        )
+
+    def fit(
+        self,
+        progress: Callable[[dict], None] | None = None,
+        max_iterations: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict:
+        """Train to the last epoch. Stop early, leaving a checkpoint, after `max_iterations`
+        more iterations or when `should_stop()` turns true (checked between iterations, so
+        a Ctrl-C never leaves a half-made step). `progress` is called after each iteration
+        with a status dict. Returns a summary: epochs done, best epoch and its scores."""
+        c, done = self.config, 0
+        per_epoch = self.iterations_per_epoch
+        while self.epoch < self.total_epochs:
+            lr = learning_rate(c, self.epoch)
+            for opt in (self.opt_g, self.opt_d):
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            while self.iteration < per_epoch:
+                stop = should_stop is not None and should_stop()
+                if stop or (max_iterations is not None and done >= max_iterations):
+                    self.save_checkpoint()
+                    return self.summary()
+                t0 = time.perf_counter()
+                losses = self.step()
+                self.iteration += 1
+                done += 1
+                for k, v in losses.items():
+                    self.running[k] = self.running.get(k, 0.0) + v
+                if progress:
+                    progress(
+                        {
+                            "epoch": self.epoch,
+                            "iteration": self.iteration,
+                            "per_epoch": per_epoch,
+                            "losses": losses,
+                            "seconds": time.perf_counter() - t0,
+                        }
+                    )
+                if self.iteration % c.checkpoint_every == 0 and self.iteration < per_epoch:
+                    self.save_checkpoint()
+            self.end_epoch(per_epoch)
+        return self.summary()
+
+    def end_epoch(self, per_epoch: int) -> None:
+        c = self.config
+        record = {"epoch": self.epoch + 1, "lr": learning_rate(c, self.epoch)}
+        record |= {k: v / per_epoch for k, v in self.running.items()}
+        last = self.epoch + 1 == self.total_epochs
+        if (self.epoch + 1) % c.fid_every == 0 or last:
+            score = self.evaluate()
+            record |= score
+            if self.rank == 0 and (self.best is None or score["fid"] < self.best["fid"]):
+                self.best = {"epoch": self.epoch + 1, **score}
+                self.save_best(self.epoch + 1, score)
+        self.history.append(record)
+        self.epoch += 1
+        self.iteration = 0
+        self.running = {}
+        self.save_checkpoint()
+        if self.rank == 0:
+            write_text_atomic(self.out / "history.json", json.dumps(self.history, indent=2))
+            if self.epoch % c.figure_every == 0 or last:
+                from exp2sim.gan.figures import plot_losses, plot_samples
+
+                plot_losses(self.history, self.out / "figures" / "losses.png")
+                plot_samples(self, self.out / "figures" / f"samples_epoch{self.epoch:04d}.png")
+
+    @torch.no_grad()
+    def translate_val(self, direction: str) -> tuple[np.ndarray, np.ndarray]:
+        """Held-out spectra of the source domain and their translations (normalised)."""
+        gen, src = (
+            (self.model.G_A, self.data.a.val)
+            if direction == "a2b"
+            else (self.model.G_B, self.data.b.val)
+        )
+        out = []
+        gen.eval()
+        for s in src:
+            x = torch.from_numpy(np.nan_to_num(s, nan=0.0))[None, None].to(self.device)
+            with autocast(self.device, self.config.precision):
+                y = gen(x).float()[0, 0].cpu().numpy()
+            out.append(np.where(np.isnan(s), np.nan, y))
+        gen.train()
+        return src, np.array(out)
+
+    def evaluate(self) -> dict[str, float]:
+        """Frechet distances (spectral features) of the held-out translations to the other
+        domain's held-out spectra; `fid` is their sum, the model-selection score."""
+        side = max(self.data.crop)
+        _, fake_b = self.translate_val("a2b")
+        _, fake_a = self.translate_val("b2a")
+        fid_b = spectra_distance(fake_b, self.data.b.val, side)
+        fid_a = spectra_distance(fake_a, self.data.a.val, side)
+        return {"fid": fid_a + fid_b, "fid_exp2sim": fid_b, "fid_sim2exp": fid_a}
+
+    def summary(self) -> dict:
+        return {
+            "epochs_done": self.epoch,
+            "total_epochs": self.total_epochs,
+            "best": self.best,
+            "history": self.history,
+        }
+
+
+def check_architecture(info: dict, config: TrainConfig, path: Path) -> None:
+    """A clear error when a checkpoint was made for other networks."""
+    saved = TrainConfig.from_dict(info["config"]).architecture()
+    wanted = config.architecture()
+    diff = [f"{k}={saved[k]} (expected {wanted[k]})" for k in saved if saved[k] != wanted[k]]
+    if diff:
+        raise ValueError(f"{path}: checkpoint from another configuration: {', '.join(diff)}")

@@ -1,0 +1,272 @@
+"""Inference: translate spectra with one trained generator.
+
+    translator = Translator.from_run("run/", "exp2sim")   # or "sim2exp"
+    clean = translator(measured)        # array in, array of the same shape out, NaN kept
+
+The translator loads only the generator it needs, normalises the input with the source
+domain's scale, translates, and maps the result back with the target domain's scale.
+Spectra bigger than `max_voxels` are cut into overlapping tiles whose translations are
+blended with raised-cosine weights, so memory stays bounded whatever the input size.
+
+Tiles see their own instance-norm statistics, so tiled and whole translations agree closely
+but not bit for bit; tiles as large as the memory budget allows keep the difference small.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exp2sim.gan.checkpoint import load_state, read_info
+from exp2sim.gan.config import TrainConfig
+from exp2sim.gan.model import autocast
+from exp2sim.gan.networks import ResnetGenerator
+from exp2sim.gan.normalisation import IntensityScale
+from exp2sim.gan.train import BEST, CHECKPOINT, pick_device
+
+_InstanceNorm = torch.nn.modules.instancenorm._InstanceNorm
+
+DIRECTIONS = {"exp2sim": ("G_A", "scale_a", "scale_b"), "sim2exp": ("G_B", "scale_b", "scale_a")}
+
+
+def blend_ramp(length: int, overlap: int) -> np.ndarray:
+    """Weights along one tile axis: a raised-cosine rise over `overlap` samples at each end,
+    1 in between, never exactly 0. Shape (length,)."""
+    w = np.ones(length)
+    if overlap > 0:
+        t = (np.arange(overlap) + 0.5) / overlap
+        ramp = 0.5 - 0.5 * np.cos(np.pi * t)
+        w[:overlap] = ramp
+        w[length - overlap :] = np.minimum(w[length - overlap :], ramp[::-1])
+    return w
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start indices of tiles of length `tile` covering [0, size) with at least `overlap`
+    shared samples between neighbours; the last tile ends at `size`."""
+    if tile >= size:
+        return [0]
+    step = tile - overlap
+    n = math.ceil((size - tile) / step) + 1
+    return sorted({min(i * step, size - tile) for i in range(n)})
+
+
+class Translator:
+    """One generator of a trained run, ready to translate arrays of its dimension."""
+
+    def __init__(
+        self,
+        generator: ResnetGenerator,
+        source: IntensityScale,
+        target: IntensityScale,
+        precision: str = "fp32",
+        device: torch.device | None = None,
+        max_voxels: int = 2**21,
+        overlap: float = 0.25,
+    ) -> None:
+        self.device = device or torch.device("cpu")
+        self.generator = generator.to(self.device).eval()
+        self.dim = generator.dim
+        self.source, self.target = source, target
+        self.precision, self.max_voxels, self.overlap = precision, max_voxels, overlap
+
+    @classmethod
+    def from_run(
+        cls,
+        run: str | Path,
+        direction: str,
+        checkpoint: str = "best",
+        device: str = "auto",
+        **kwargs: object,
+    ) -> Translator:
+        """The `direction` (exp2sim or sim2exp) generator of a run directory, from its best
+        epoch (`checkpoint="best"`, the latest if no evaluation has happened yet) or the
+        latest checkpoint (`"latest"`)."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}: use exp2sim or sim2exp")
+        run = Path(run)
+        path = run / BEST if checkpoint == "best" and (run / BEST).exists() else run / CHECKPOINT
+        if checkpoint not in ("best", "latest"):
+            raise ValueError(f"unknown checkpoint {checkpoint!r}: use best or latest")
+        if not path.exists():
+            raise ValueError(f"{run}: not a training run (no {CHECKPOINT})")
+        name, src, tgt = DIRECTIONS[direction]
+        info = read_info(path)
+        config = TrainConfig.from_dict(info["config"])
+        state, _ = load_state(path, prefixes=("model",))
+        weights = {
+            k[len(name) + 1 :]: v for k, v in state["model"].items() if k.startswith(name + ".")
+        }
+        generator = ResnetGenerator(info["data"]["dim"], config.ngf, config.n_blocks)
+        try:
+            generator.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{path}: weights do not fit the saved configuration ({exc})"
+            ) from None
+        data = info["data"]
+        kwargs.setdefault("precision", config.precision)
+        return cls(
+            generator,
+            IntensityScale(**data[src]),
+            IntensityScale(**data[tgt]),
+            device=pick_device(device),
+            **kwargs,
+        )
+
+    def __call__(self, spectra: np.ndarray) -> np.ndarray:
+        """Translate one spectrum (*S) or a stack (n, *S) with dim(S) = the run's dimension.
+        NaN pixels stay NaN; the result has the input's shape, in the target domain's
+        intensity units."""
+        spectra = np.asarray(spectra, dtype=np.float32)
+        if spectra.ndim == self.dim:
+            return self(spectra[None])[0]
+        if spectra.ndim != self.dim + 1:
+            raise ValueError(
+                f"the model translates {self.dim}D spectra; got an array of shape {spectra.shape}"
+            )
+        if np.isinf(spectra).any():
+            raise ValueError("input contains infinite values (use NaN for masked pixels)")
+        out = np.empty_like(spectra)
+        for i, s in enumerate(spectra):
+            z = np.nan_to_num(self.source.transform(s), nan=0.0)
+            y = self.target.inverse(self._translate(z))
+            out[i] = np.where(np.isnan(s), np.nan, y)
+        return out
+
+    def tile_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Tile sides for a spectrum of `shape`: the whole spectrum if it has at most
+        `max_voxels` pixels, else equal cubes (multiples of 4) within that budget."""
+        if math.prod(shape) <= self.max_voxels:
+            return shape
+        side = int(self.max_voxels ** (1 / len(shape)))
+        side = max(16, side - side % 4)
+        return tuple(min(side, s) for s in shape)
+
+    @torch.no_grad()
+    def _run(self, z: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(z))[None, None].to(self.device)
+        with autocast(self.device, self.precision):
+            return self.generator(x).float()[0, 0].cpu().numpy()
+
+    def _translate(self, z: np.ndarray) -> np.ndarray:
+        """Normalised spectrum (*S) -> translated (*S), tiled when large."""
+        tile = self.tile_shape(z.shape)
+        if tile == z.shape:
+            return self._run(z)
+        overlaps = [int(self.overlap * t) for t in tile]
+        axes = [tile_starts(s, t, o) for s, t, o in zip(z.shape, tile, overlaps, strict=True)]
+        owned = [owned_ranges(s, t, size) for s, t, size in zip(axes, tile, z.shape, strict=True)]
+        tiles = [
+            (
+                tuple(slice(c, c + t) for c, t in zip(corner, tile, strict=True)),
+                tuple(slice(lo, hi) for lo, hi in own),
+            )
+            for corner, own in zip(itertools.product(*axes), itertools.product(*owned), strict=True)
+        ]
+        # Instance norm must see the whole spectrum's statistics, not each tile's. Layer by
+        # layer, gather them over the tiles (each pixel counted once, in the tile that owns
+        # it) with the layers before already using theirs; each pass stops at its layer.
+        stats = TiledNormStatistics(self.generator)
+        stats.tile_padded = tuple(t + (-t) % 4 for t in tile)
+        with stats:
+            for layer in range(len(stats.norms)):
+                stats.target = layer
+                for region, core in tiles:
+                    stats.core = core
+                    try:
+                        self._run(z[region])
+                    except _StopForward:
+                        pass
+                stats.freeze()
+            stats.target = None
+            ramps = [blend_ramp(t, o) for t, o in zip(tile, overlaps, strict=True)]
+            w_tile = ramps[0]
+            for r in ramps[1:]:
+                w_tile = np.multiply.outer(w_tile, r)
+            acc = np.zeros(z.shape)
+            weight = np.zeros(z.shape)
+            for region, _ in tiles:
+                acc[region] += w_tile * self._run(z[region])
+                weight[region] += w_tile
+        return (acc / weight).astype(np.float32)
+
+
+def owned_ranges(starts: list[int], tile: int, size: int) -> list[tuple[int, int]]:
+    """Split [0, size) among overlapping tiles at the middles of their overlaps; return each
+    tile's share in the tile's own coordinates."""
+    cuts = (
+        [0]
+        + [(s + prev + tile) // 2 for prev, s in zip(starts[:-1], starts[1:], strict=True)]
+        + [size]
+    )
+    return [(lo - s, hi - s) for s, lo, hi in zip(starts, cuts[:-1], cuts[1:], strict=True)]
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early."""
+
+
+class TiledNormStatistics:
+    """Hooks on a generator's instance-norm layers for tiled inference. While `target` is
+    layer k, the hook of layer k adds per-channel sums of its input over the `core` (owned)
+    part of the tile and ends the pass; `freeze()` turns the sums into that layer's
+    whole-spectrum mean and variance, which it uses from then on instead of the tile's."""
+
+    def __init__(self, generator: torch.nn.Module) -> None:
+        self.norms = [m for m in generator.modules() if isinstance(m, _InstanceNorm)]
+        self.core: tuple[slice, ...] = ()
+        self.target: int | None = None
+        self.tile_padded: tuple[int, ...] = ()  # tile sides padded to a multiple of 4
+        self.frozen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.sums: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.handles: list = []
+
+    def __enter__(self) -> TiledNormStatistics:
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.norms)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def freeze(self) -> None:
+        """The accumulated sums become the target layer's statistics."""
+        assert self.target is not None and self.sums is not None
+        n, s1, s2 = self.sums
+        mean = s1 / n
+        self.frozen[self.target] = (mean, (s2 / n - mean**2).clamp_min(0.0))
+        self.sums = None
+
+    def _hook(self, i: int):  # noqa: ANN202 - builds a forward hook
+        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            x = args[0]
+            if i == self.target:
+                self._accumulate(x)
+                raise _StopForward
+            if i not in self.frozen:
+                return output
+            mean, var = (t.to(x.device, x.dtype) for t in self.frozen[i])
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            return (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + module.eps)
+
+        return hook
+
+    def _accumulate(self, x: torch.Tensor) -> None:
+        # The layer sees the tile padded to a multiple of 4, at 1, 1/2 or 1/4 of its
+        # resolution: scale the owned slice accordingly.
+        region = [slice(None), slice(None)]
+        for sl, n_layer, n_tile in zip(self.core, x.shape[2:], self.tile_padded, strict=True):
+            lo = int(sl.start * n_layer / n_tile)
+            region.append(slice(lo, max(int(sl.stop * n_layer / n_tile), lo + 1)))
+        part = x[tuple(region)].double()
+        dims = tuple(range(2, x.dim()))
+        n, s1, s2 = part[0, 0].numel(), part.sum(dims)[0].cpu(), (part**2).sum(dims)[0].cpu()
+        if self.sums is not None:
+            n0, a, b = self.sums
+            n, s1, s2 = n0 + n, a + s1, b + s2
+        self.sums = (n, s1, s2)

@@ -1,0 +1,198 @@
+"""Exp2SimGAN parts: network shapes in 1D/2D/3D, PatchNCE against hand computation, masked
+losses, gradients, normalisation, the spectral Frechet distance, checkpoint files."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from exp2sim.gan.checkpoint import load_state, read_info, save_state
+from exp2sim.gan.config import TrainConfig, load_preset
+from exp2sim.gan.fid import frechet_distance, spectra_distance
+from exp2sim.gan.layers import count_parameters
+from exp2sim.gan.losses import masked_l1, patch_mse, patch_nce, sample_locations
+from exp2sim.gan.model import DCLGAN
+from exp2sim.gan.networks import PatchDiscriminator, ResnetGenerator
+from exp2sim.gan.normalisation import IntensityScale
+from exp2sim.gan.synthetic import blur, sharp_spectra
+
+TINY = {
+    "ngf": 4,
+    "n_blocks": 2,
+    "ndf": 4,
+    "nce_patches": 16,
+    "nce_units": 8,
+    "nce_layers": ("down1", "down2", "block1", "block2"),
+}
+
+
+@pytest.mark.parametrize("shape", [(37,), (30, 41), (10, 13, 17)])
+def test_generator_keeps_any_shape_and_discriminator_has_two_outputs(shape):
+    torch.manual_seed(0)
+    g = ResnetGenerator(len(shape), ngf=4, n_blocks=2)
+    x = torch.randn(2, 1, *shape)
+    y, feats = g(x, ["stem", "down2", "block2"])
+    assert y.shape == x.shape
+    assert y.abs().max() <= 1  # tanh output
+    padded = [s + (-s) % 4 for s in shape]
+    assert feats[0].shape == (2, 4, *padded)
+    assert feats[1].shape == (2, 16, *(p // 2 for p in padded))  # conv before 2nd blur-pool
+    assert feats[2].shape == (2, 16, *(p // 4 for p in padded))
+    _, enc = g(x, ["down1"], encode_only=True)
+    assert enc[0].shape == (2, 8, *padded)
+    d = PatchDiscriminator(len(shape), ndf=4)
+    out = d(torch.randn(3, 1, *(32,) * len(shape)))
+    assert out.shape[:2] == (3, 2) and out.dim() == 2 + len(shape)
+
+
+def test_generator_is_translation_equivariant_away_from_borders():
+    """Anti-aliased sampling: shifting the input by 4 pixels shifts the output by 4."""
+    torch.manual_seed(1)
+    g = ResnetGenerator(1, ngf=4, n_blocks=1).eval()
+    x = torch.zeros(1, 1, 256)
+    x[0, 0, 100:104] = 1.0
+    y0 = g(x)[0, 0]
+    y1 = g(torch.roll(x, 4, -1))[0, 0]
+    torch.testing.assert_close(y1[60:200], y0[56:196], atol=1e-5, rtol=1e-4)
+
+
+def test_paper_generator_has_the_papers_size():
+    """DESIGN.md: 11.4 M parameters per generator (ngf 64, 9 blocks), ~30 M in all."""
+    g = ResnetGenerator(2, ngf=64, n_blocks=9)
+    assert 11.3e6 < count_parameters(g) < 11.45e6
+    model = DCLGAN(load_preset("paper"), 2)
+    assert 28e6 < count_parameters(model) < 32e6
+
+
+def test_patch_nce_matches_hand_computation():
+    q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    # orthonormal keys equal to the queries: -log(e^(1/t) / (e^(1/t) + e^0)) per patch
+    for tau in (1.0, 0.5):
+        expected = math.log(1 + math.exp(-1 / tau))
+        assert patch_nce(q, q, tau).item() == pytest.approx(expected, rel=1e-6)
+    tau = 0.07
+    # three patches, written out: row i's positive is key i
+    q = torch.nn.functional.normalize(
+        torch.tensor([[[1.0, 2.0], [3.0, -1.0], [-1.0, 1.0]]]), dim=-1
+    )
+    k = torch.nn.functional.normalize(torch.tensor([[[2.0, 1.0], [1.0, -1.0], [0.0, 1.0]]]), dim=-1)
+    total = 0.0
+    for i in range(3):
+        logits = [float(q[0, i] @ k[0, j]) / tau for j in range(3)]
+        total += -logits[i] + math.log(sum(math.exp(v) for v in logits))
+    assert patch_nce(q, k, tau).item() == pytest.approx(total / 3, rel=1e-5)
+
+
+def test_patch_nce_compares_patches_within_each_image_only():
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(3, 5, 4), dim=-1)
+    k = torch.nn.functional.normalize(torch.randn(3, 5, 4), dim=-1)
+    per_image = [patch_nce(q[i : i + 1], k[i : i + 1]) for i in range(3)]
+    assert patch_nce(q, k).item() == pytest.approx(float(sum(per_image) / 3), rel=1e-6)
+
+
+def test_masked_pixels_do_not_enter_the_losses():
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[..., :, 10:] = True
+    y2 = y.clone()
+    y2[mask] = 1e6
+    assert masked_l1(x, y, mask).item() == pytest.approx(masked_l1(x, y2, mask).item())
+    expected = (x - y).abs()[~mask].mean().item()
+    assert masked_l1(x, y, mask).item() == pytest.approx(expected, rel=1e-6)
+    # a discriminator map over fully masked cells gets no weight
+    pred = torch.zeros(2, 1, 4, 4)
+    pred[..., :, 3] = 100.0  # only cells of the masked columns are wrong
+    fully_masked = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    fully_masked[..., 12:] = True
+    assert patch_mse(pred, 0.0, fully_masked).item() == 0.0
+    # feature locations are drawn from unmasked cells only
+    weights = torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.5, 0.0]])
+    ids = sample_locations(weights, 3, torch.Generator().manual_seed(0))
+    assert set(ids[0].tolist()) == {1, 3, 4}
+
+
+def test_one_step_reaches_every_trainable_part():
+    torch.manual_seed(0)
+    config = TrainConfig(**TINY)
+    model = DCLGAN(config, 2)
+    opt_g = torch.optim.Adam(model.generator_parameters(), 1e-4)
+    opt_d = torch.optim.Adam(model.discriminator_parameters(), 1e-4)
+    a, b = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    mask = torch.zeros_like(a, dtype=torch.bool)
+    mask[..., :4] = True
+    losses = model.train_step(
+        a.masked_fill(mask, 0), mask, b, mask, opt_g, opt_d, torch.Generator().manual_seed(0)
+    )
+    assert all(math.isfinite(v) for v in losses.values())
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_normalisation_inverts_and_ignores_hot_pixels():
+    rng = np.random.default_rng(0)
+    x = rng.gamma(0.5, 2.0, size=(20, 30, 40)).astype(np.float32)
+    x[:, :, :5] = np.nan
+    scale = IntensityScale.fit(x)
+    z = scale.transform(x)
+    np.testing.assert_array_equal(np.isnan(z), np.isnan(x))
+    np.testing.assert_allclose(scale.inverse(z), x, rtol=1e-5, atol=1e-6)
+    assert np.nanpercentile(np.abs(z), 99) == pytest.approx(1.0, abs=1e-3)
+    hot = x.copy()
+    hot[0, 0, 10:15] = 1e7
+    assert IntensityScale.fit(hot).q == pytest.approx(scale.q, rel=0.01)
+    assert np.isfinite(IntensityScale.fit(hot).transform(hot)[0, 0, 10])
+    assert scale.transform(np.array([-2.0])) == -scale.transform(np.array([2.0]))
+    with pytest.raises(ValueError, match="all zero"):
+        IntensityScale.fit(np.zeros((3, 3)))
+
+
+def test_frechet_distance_closed_form_and_blur_sensitivity():
+    mu1, mu2 = np.array([0.0, 1.0]), np.array([1.0, 1.0])
+    s1, s2 = np.diag([1.0, 4.0]), np.diag([4.0, 9.0])
+    # diagonal Gaussians: |dmu|^2 + sum (sqrt(a) - sqrt(b))^2
+    expected = 1.0 + (1 - 2) ** 2 + (2 - 3) ** 2
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-5)
+    sharp1 = sharp_spectra(12, (64, 64), seed=1, lines=5)
+    sharp2 = sharp_spectra(12, (64, 64), seed=2, lines=5)
+    blurred = blur(sharp_spectra(12, (64, 64), seed=3, lines=5), 2.0)
+    same = spectra_distance(sharp1, sharp2, 32)
+    assert same < 0.2 * spectra_distance(blurred, sharp2, 32)
+
+
+def test_checkpoint_round_trip_without_code_and_clear_errors(tmp_path):
+    state = {
+        "a": {"w": torch.arange(6.0).reshape(2, 3), 3: {"step": torch.tensor(5)}},
+        "b": [torch.ones(2), 7, "x"],
+    }
+    save_state(tmp_path / "c.safetensors", state, {"epoch": 4})
+    back, info = load_state(tmp_path / "c.safetensors")
+    assert info == {"epoch": 4} and read_info(tmp_path / "c.safetensors") == info
+    torch.testing.assert_close(back["a"]["w"], state["a"]["w"])
+    assert back["a"][3]["step"].item() == 5 and back["b"][1:] == [7, "x"]
+    only_b, _ = load_state(tmp_path / "c.safetensors", prefixes=("b",))
+    assert set(only_b) == {"b"}
+    # the file is a safetensors file: 8-byte header length, then a JSON header
+    raw = (tmp_path / "c.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert raw[8 : 8 + n].decode().startswith("{")
+    (tmp_path / "bad.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="not an exp2sim checkpoint"):
+        load_state(tmp_path / "bad.safetensors")
+
+
+def test_config_rejects_bad_values_and_reads_toml(tmp_path):
+    with pytest.raises(ValueError, match="nce_layers"):
+        TrainConfig(n_blocks=3, nce_layers=("block5",))
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+    (tmp_path / "c.toml").write_text('preset = "paper"\nepochs = 3\n')
+    config = load_preset(str(tmp_path / "c.toml"))
+    assert (config.ngf, config.n_blocks, config.epochs) == (64, 9, 3)
+    (tmp_path / "d.toml").write_text("no_such_option = 1\n")
+    with pytest.raises(ValueError, match="no_such_option"):
+        load_preset(str(tmp_path / "d.toml"))
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_preset("huge")

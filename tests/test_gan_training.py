@@ -1,0 +1,393 @@
+"""Exp2SimGAN training and inference: a small task that must be learned, exact resume,
+tiled inference, the train/translate commands in 1D/2D/3D, kill -9 and torchrun."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from exp2sim.cli import app
+from exp2sim.gan.config import TrainConfig
+from exp2sim.gan.synthetic import blur, sharp_spectra
+from exp2sim.gan.train import CHECKPOINT, Trainer
+from exp2sim.gan.translate import Translator
+
+runner = CliRunner()
+TINY = {
+    "ngf": 4,
+    "n_blocks": 2,
+    "ndf": 4,
+    "d_layers": 2,
+    "nce_patches": 16,
+    "nce_units": 8,
+    "crop": 16,
+    "nce_layers": ("down1", "down2", "block1", "block2"),
+}
+SIGMA = 3.0  # the known blur (pixels) of the learning task
+
+
+def rel(x, y):
+    return float(np.linalg.norm(x - y) / np.linalg.norm(y))
+
+
+@pytest.fixture(scope="module")
+def blur_run(tmp_path_factory):
+    """A GAN trained for ~1,000 iterations on unpaired 1D spectra: A = sharp lines blurred
+    by a Gaussian of SIGMA pixels, B = sharp lines (other draws). About 30 s on 2 cores."""
+    root = tmp_path_factory.mktemp("blur")
+    shape = (128,)
+    np.save(root / "a.npy", blur(sharp_spectra(200, shape, seed=2, width=1.0, lines=4), SIGMA))
+    np.save(root / "b.npy", sharp_spectra(200, shape, seed=1, width=1.0, lines=4))
+    config = TrainConfig(
+        ngf=16,
+        n_blocks=3,
+        ndf=16,
+        crop=64,
+        nce_patches=64,
+        nce_layers=("down1", "down2", "block1", "block3"),
+        epochs=1,
+        epochs_decay=1,
+        iterations_per_epoch=500,
+        lr=2e-4,
+        flip_axes=(),
+    )
+    trainer = Trainer.new(config, root / "a.npy", root / "b.npy", root / "run")
+    trainer.fit()
+    return root
+
+
+def test_gan_learns_a_known_blur_and_its_inverse(blur_run):
+    """Held-out pairs the GAN never saw: both directions must beat the identity map."""
+    truth = sharp_spectra(20, (128,), seed=3, width=1.0, lines=4)
+    blurred = blur(truth, SIGMA)
+    exp2sim = Translator.from_run(blur_run / "run", "exp2sim")
+    sim2exp = Translator.from_run(blur_run / "run", "sim2exp")
+    deconvolved, convolved = exp2sim(blurred), sim2exp(truth)
+    # measured at the time of writing: 0.43-0.45 vs 0.65 and 0.34 vs 1.08
+    assert rel(deconvolved, truth) < 0.8 * rel(blurred, truth)
+    assert rel(convolved, blurred) < 0.6 * rel(truth, blurred)
+    history = json.loads((blur_run / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and all("fid" in h for h in history)
+    best = Translator.from_run(blur_run / "run", "exp2sim", checkpoint="best")
+    assert best.generator is not None
+    assert (blur_run / "run" / "figures" / "losses.png").stat().st_size > 1000
+    assert (blur_run / "run" / "figures" / "samples_epoch0002.png").exists()
+
+
+def test_tiled_translation_matches_whole_translation(blur_run):
+    truth = sharp_spectra(3, (1024,), seed=4, width=1.0, lines=12)
+    x = blur(truth, SIGMA)
+    x[:, 500:540] = np.nan
+    t = Translator.from_run(blur_run / "run", "exp2sim")
+    whole = t(x)
+    t.max_voxels = 256  # five tiles of 256 with 64 overlap
+    tiled = t(x)
+    np.testing.assert_array_equal(np.isnan(tiled), np.isnan(x))
+    ok = ~np.isnan(x)
+    assert rel(tiled[ok], whole[ok]) < 0.05
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Stop after 3 iterations, resume: the next losses equal an uninterrupted run's, across
+    an epoch boundary (evaluation, checkpoint, learning-rate change)."""
+    np.save(tmp_path / "a.npy", blur(sharp_spectra(8, (24, 24), seed=0), 1.5))
+    np.save(tmp_path / "b.npy", sharp_spectra(8, (24, 24), seed=1))
+    config = TrainConfig(**TINY, epochs=1, epochs_decay=1, iterations_per_epoch=4, seed=5)
+    losses: dict[str, list] = {"full": [], "resumed": []}
+
+    def record(key):
+        return lambda s: losses[key].append(s["losses"])
+
+    Trainer.new(config, tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "full").fit(
+        record("full")
+    )
+    Trainer.new(config, tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "r").fit(
+        record("resumed"), max_iterations=3
+    )
+    resumed = Trainer.resume(tmp_path / "r")
+    assert (resumed.epoch, resumed.iteration) == (0, 3)
+    resumed.fit(record("resumed"))
+    assert len(losses["full"]) == 8
+    assert losses["resumed"] == losses["full"]
+    full_hist = json.loads((tmp_path / "full" / "history.json").read_text())
+    assert json.loads((tmp_path / "r" / "history.json").read_text()) == full_hist
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    np.save(tmp_path / "a.npy", sharp_spectra(4, (24, 24), seed=0))
+    small = TrainConfig(**TINY, epochs=1, epochs_decay=0, iterations_per_epoch=1)
+    Trainer.new(small, tmp_path / "a.npy", tmp_path / "a.npy", tmp_path / "one").fit()
+    wider = Trainer.new(
+        small.replace(ngf=8), tmp_path / "a.npy", tmp_path / "a.npy", tmp_path / "two"
+    )
+    with pytest.raises(ValueError, match="another configuration: ngf=4"):
+        wider.load_checkpoint(tmp_path / "one" / CHECKPOINT)
+    with pytest.raises(ValueError, match="already holds a run"):
+        Trainer.new(small, tmp_path / "a.npy", tmp_path / "a.npy", tmp_path / "one")
+
+
+def _tiny_toml(path: Path, **extra) -> Path:
+    values = {**TINY, "epochs": 1, "epochs_decay": 1, "iterations_per_epoch": 3, **extra}
+    lines = [
+        f"{k} = {json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in values.items()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("shape", [(40,), (20, 28), (16, 16, 20)])
+def test_train_and_translate_commands_in_every_dimension(tmp_path, shape):
+    a = blur(sharp_spectra(4, shape, seed=0, mask_fraction=0.2), 1.0)
+    b = sharp_spectra(4, shape, seed=1, mask_fraction=0.2)
+    folder = tmp_path / "b"
+    folder.mkdir()
+    for i, s in enumerate(b):
+        np.save(folder / f"{i}.npy", s)
+    np.save(tmp_path / "a.npy", a)
+    toml = _tiny_toml(tmp_path / "tiny.toml")
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(tmp_path / "a.npy"),
+            str(folder),
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            str(toml),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        app,
+        [
+            "translate",
+            str(tmp_path / "a.npy"),
+            "--run",
+            str(tmp_path / "run"),
+            "--out",
+            str(tmp_path / "t.npy"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    out = np.load(tmp_path / "t.npy")
+    assert out.shape == a.shape
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(a))
+    assert np.isfinite(out[~np.isnan(a)]).all()
+    # one spectrum (no stack axis) translates to one spectrum
+    np.save(tmp_path / "one.npy", b[0])
+    res = runner.invoke(
+        app,
+        [
+            "translate",
+            str(tmp_path / "one.npy"),
+            "--run",
+            str(tmp_path / "run"),
+            "--direction",
+            "sim2exp",
+            "--out",
+            str(tmp_path / "o.npy"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert np.load(tmp_path / "o.npy").shape == shape
+
+
+def test_translate_keeps_an_h5_dataset_and_rejects_bad_input(tmp_path):
+    shape = (20, 24)
+    a = blur(sharp_spectra(4, shape, seed=0), 1.0)
+    np.save(tmp_path / "a.npy", a)
+    config = TrainConfig(**TINY, epochs=1, epochs_decay=0, iterations_per_epoch=1)
+    Trainer.new(config, tmp_path / "a.npy", tmp_path / "a.npy", tmp_path / "run").fit()
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f.attrs["default"] = "entry"
+        entry = f.create_group("entry")
+        entry.attrs["default"] = "data"
+        data = entry.create_group("data")
+        data.attrs["signal"] = "signal"
+        data["signal"] = a
+        data["mask"] = np.zeros(shape, bool)
+        data["mask"][:, :3] = True
+        data["parameters"] = np.arange(4.0)
+    res = runner.invoke(
+        app,
+        [
+            "translate",
+            str(tmp_path / "d.h5"),
+            "--run",
+            str(tmp_path / "run"),
+            "--out",
+            str(tmp_path / "t.h5"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "t.h5") as f:
+        out = f["entry/data/signal"][()]
+        assert f["entry/data/parameters"][()].tolist() == [0, 1, 2, 3]
+    assert out.shape == a.shape and np.isnan(out[:, :, :3]).all()
+    assert np.isfinite(out[:, :, 3:]).all()
+
+    def error(*args):
+        res = runner.invoke(
+            app,
+            [
+                "translate",
+                *map(str, args),
+                "--run",
+                str(tmp_path / "run"),
+                "--out",
+                str(tmp_path / "x.npy"),
+            ],
+        )
+        assert res.exit_code == 2
+        assert "error:" in res.output and "Traceback" not in res.output
+        return res.output
+
+    np.save(tmp_path / "3d.npy", np.zeros((2, 3, 4, 5)))
+    assert "2D spectra" in error(tmp_path / "3d.npy")
+    bad = a.copy()
+    bad[0, 0, 0] = np.inf
+    np.save(tmp_path / "inf.npy", bad)
+    assert "infinite" in error(tmp_path / "inf.npy")
+    (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    assert "not a readable" in error(tmp_path / "corrupt.npy")
+    assert "direction" in error(tmp_path / "a.npy", "--direction", "sideways")
+    res = runner.invoke(
+        app,
+        [
+            "translate",
+            str(tmp_path / "a.npy"),
+            "--run",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "x.npy"),
+        ],
+    )
+    assert res.exit_code == 2 and "not a training run" in res.output
+    res = runner.invoke(
+        app,
+        ["train", str(tmp_path / "a.npy"), str(tmp_path / "3d.npy"), "--out", str(tmp_path / "r2")],
+    )
+    assert res.exit_code == 2 and "2D spectra but domain B 3D" in res.output
+
+
+def _exp2sim() -> list[str]:
+    return [sys.executable, "-m", "exp2sim"]
+
+
+def test_training_survives_kill_9_and_resumes(tmp_path):
+    np.save(tmp_path / "a.npy", blur(sharp_spectra(6, (24, 24), seed=0), 1.5))
+    np.save(tmp_path / "b.npy", sharp_spectra(6, (24, 24), seed=1))
+    toml = _tiny_toml(tmp_path / "t.toml", iterations_per_epoch=400, checkpoint_every=5)
+    run = tmp_path / "run"
+    cmd = [
+        *_exp2sim(),
+        "train",
+        str(tmp_path / "a.npy"),
+        str(tmp_path / "b.npy"),
+        "--out",
+        str(run),
+        "--preset",
+        str(toml),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 120
+    while not (run / CHECKPOINT).exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (run / CHECKPOINT).exists()
+    from exp2sim.gan.checkpoint import read_info
+
+    stopped_at = read_info(run / CHECKPOINT)["iteration"]
+    assert 0 < stopped_at < 400
+    res = subprocess.run(
+        [*_exp2sim(), "train", "--resume", str(run), "--max-iterations", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert read_info(run / CHECKPOINT)["iteration"] == stopped_at + 3
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun not installed",
+)
+def test_torchrun_two_processes_average_gradients(tmp_path):
+    """Two CPU processes (gloo): every rank's gradients are averaged, so both hold the same
+    weights, and the run's checkpoint keeps each rank's crop-sampler state."""
+    np.save(tmp_path / "a.npy", blur(sharp_spectra(6, (24, 24), seed=0), 1.5))
+    np.save(tmp_path / "b.npy", sharp_spectra(6, (24, 24), seed=1))
+    toml = _tiny_toml(tmp_path / "t.toml", iterations_per_epoch=2)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "exp2sim",
+            "train",
+            str(tmp_path / "a.npy"),
+            str(tmp_path / "b.npy"),
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            str(toml),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    from exp2sim.gan.checkpoint import load_state
+
+    state, info = load_state(tmp_path / "run" / CHECKPOINT)
+    assert info["world_size"] == 2 and len(state["rng"]["sampler"]) == 2
+    assert not torch.equal(state["rng"]["sampler"][0], state["rng"]["sampler"][1])
+    assert info["epoch"] == 2
+
+
+def _average_in_process(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from exp2sim.gan.model import average_gradients
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
+    for p in params:
+        p.grad = torch.full_like(p, float(rank + 1))
+    average_gradients(params)
+    torch.save([p.grad for p in params], f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gradients_are_averaged_over_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path}/rendezvous"
+    mp.spawn(_average_in_process, args=(init, str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"{rank}.pt")
+        assert all(torch.equal(g, torch.full_like(g, 1.5)) for g in grads)
