@@ -112,7 +112,8 @@ PRESETS: dict[str, dict] = {
     # A few minutes per epoch on a 2-core CPU for a few hundred 2D spectra.
     "small": {},
     # The paper's configuration (GPU-sized): 11.4 M-parameter generators, 256 crops, 200 + 200
-    # epochs, bf16 autocast.
+    # epochs. fp32: bf16 autocast measured slower on the 2-core CPU and no faster on an H100
+    # at batch 1 (benchmarks/bench_gan.py).
     "paper": {
         "ngf": 64,
         "n_blocks": 9,
@@ -120,7 +121,6 @@ PRESETS: dict[str, dict] = {
         "crop": 256,
         "epochs": 200,
         "epochs_decay": 200,
-        "precision": "bf16",
     },
 }
 

@@ -8,8 +8,10 @@ domain's scale, translates, and maps the result back with the target domain's sc
 Spectra bigger than `max_voxels` are cut into overlapping tiles whose translations are
 blended with raised-cosine weights, so memory stays bounded whatever the input size.
 
-Tiles see their own instance-norm statistics, so tiled and whole translations agree closely
-but not bit for bit; tiles as large as the memory budget allows keep the difference small.
+Instance norm uses the whole spectrum's statistics, gathered over the tiles layer by layer
+(one pass per norm layer, so tiling costs many forward passes). Tile borders are still padded
+by reflection, so tiled and whole translations agree closely but not bit for bit; tiles as
+large as the memory budget allows keep the difference small.
 """
 
 from __future__ import annotations
@@ -143,7 +145,9 @@ class Translator:
         `max_voxels` pixels, else equal cubes (multiples of 4) within that budget."""
         if math.prod(shape) <= self.max_voxels:
             return shape
-        side = int(self.max_voxels ** (1 / len(shape)))
+        side = round(self.max_voxels ** (1 / len(shape)))
+        while side ** len(shape) > self.max_voxels:  # integer root, never above the budget
+            side -= 1
         side = max(16, side - side % 4)
         return tuple(min(side, s) for s in shape)
 
