@@ -225,16 +225,6 @@ def training_crops(
     return a.masked_fill(mask_a, 0.0), mask_a, b.masked_fill(mask_b, 0.0), mask_b
 
 
-def optimisers(model: DCLGAN) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """Adam for the generators + heads and for the discriminators, as in train.py."""
-    c = model.config
-    betas = (c.beta1, c.beta2)
-    return (
-        torch.optim.Adam(model.generator_parameters(), c.lr, betas),
-        torch.optim.Adam(model.discriminator_parameters(), c.lr, betas),
-    )
-
-
 def make_generator(dim: int, ngf: int, n_blocks: int) -> ResnetGenerator:
     """A generator with the initial weights of training (same seed: same weights)."""
     torch.manual_seed(0)
@@ -350,13 +340,29 @@ class OtherLoad:
 # ---------------------------------------------------------------------------------------
 
 
+def measure(fn: Callable[[], object], device: torch.device, repeats: int) -> dict:
+    """Median wall time of `repeats` calls, the load other processes put on the CPU
+    meanwhile, and the peak extra memory of one more call."""
+    load = OtherLoad()
+    times = [timed(fn, device) for _ in range(repeats)]
+    other_cores = load.cores()
+    peak, exact = peak_extra_memory(fn, device)
+    return {
+        "times": times,
+        "seconds": statistics.median(times),
+        "other_cores": other_cores,
+        "peak_bytes": peak,
+        "memory_exact": exact,
+    }
+
+
 def run_train_case(spec: dict) -> dict:
     """Time one implementation of the training step; FLOPs from the first warm-up step."""
     device = torch.device(spec["device"])
     config = TrainConfig(**CONFIGS[spec["config"]], precision=spec["precision"])
     torch.manual_seed(0)
     model = DCLGAN(config, dim=2).to(device)
-    opt_g, opt_d = optimisers(model)
+    opt_g, opt_d = model.optimisers()
     crops = training_crops(config.crop, device)
     rng = torch.Generator().manual_seed(0)
     step = model.train_step if spec["impl"] == "optimised" else None
@@ -370,18 +376,7 @@ def run_train_case(spec: dict) -> dict:
         one_step()
     for _ in range(spec["warmup"] - 1):
         one_step()
-    load = OtherLoad()
-    times = [timed(one_step, device) for _ in range(spec["steps"])]
-    other_cores = load.cores()
-    peak, exact = peak_extra_memory(one_step, device)  # one more step
-    return {
-        "times": times,
-        "seconds": statistics.median(times),
-        "other_cores": other_cores,
-        "flops": counter.get_total_flops(),
-        "peak_bytes": peak,
-        "memory_exact": exact,
-    }
+    return measure(one_step, device, spec["steps"]) | {"flops": counter.get_total_flops()}
 
 
 def run_translate_case(spec: dict) -> dict:
@@ -409,17 +404,8 @@ def run_translate_case(spec: dict) -> dict:
         out = translator(spectrum)
     np.save(spec["save"], out)
     del out
-    load = OtherLoad()
-    times = [timed(lambda: translator(spectrum), device) for _ in range(spec["repeats"])]
-    other_cores = load.cores()
-    peak, exact = peak_extra_memory(lambda: translator(spectrum), device)
-    return {
-        "times": times,
-        "seconds": statistics.median(times),
-        "other_cores": other_cores,
+    return measure(lambda: translator(spectrum), device, spec["repeats"]) | {
         "flops": counter.get_total_flops(),
-        "peak_bytes": peak,
-        "memory_exact": exact,
         "tile": list(tile),
         "tiles": n_tiles,
     }
@@ -500,7 +486,7 @@ def equality_check(device: torch.device) -> dict:
             torch.manual_seed(0)
             fast = DCLGAN(config, dim=2).to(device)
             slow = copy.deepcopy(fast)
-            opts_fast, opts_slow = optimisers(fast), optimisers(slow)
+            opts_fast, opts_slow = fast.optimisers(), slow.optimisers()
             rng_fast = torch.Generator().manual_seed(1)
             rng_slow = torch.Generator().manual_seed(1)
             crops = training_crops(config.crop, device, masked)

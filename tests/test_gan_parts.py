@@ -41,6 +41,11 @@ def test_generator_keeps_any_shape_and_discriminator_has_two_outputs(shape):
     assert feats[2].shape == (2, 16, *(p // 4 for p in padded))
     _, enc = g(x, ["down1"], encode_only=True)
     assert enc[0].shape == (2, 8, *padded)
+    # stopping early gives the same features as the full pass
+    none, early = g(x, ["stem", "down2", "block2"], encode_only=True)
+    assert none is None
+    for f_early, f_full in zip(early, feats, strict=True):
+        torch.testing.assert_close(f_early, f_full)
     d = PatchDiscriminator(len(shape), ndf=4)
     out = d(torch.randn(3, 1, *(32,) * len(shape)))
     assert out.shape[:2] == (3, 2) and out.dim() == 2 + len(shape)

@@ -17,6 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from exp2sim.cli import app
+from exp2sim.gan.checkpoint import load_state, read_info
 from exp2sim.gan.config import TrainConfig
 from exp2sim.gan.synthetic import blur, sharp_spectra
 from exp2sim.gan.train import CHECKPOINT, Trainer
@@ -80,6 +81,10 @@ def test_gan_learns_a_known_blur_and_its_inverse(blur_run):
     assert [h["epoch"] for h in history] == [1, 2] and all("fid" in h for h in history)
     best = Translator.from_run(blur_run / "run", "exp2sim", checkpoint="best")
     assert best.generator is not None
+    # best.safetensors holds the epoch with the lowest held-out Frechet distance
+    best_info = read_info(blur_run / "run" / "best.safetensors")
+    lowest = min(history, key=lambda h: h["fid"])
+    assert (best_info["epoch"], best_info["fid"]["fid"]) == (lowest["epoch"], lowest["fid"])
     assert (blur_run / "run" / "figures" / "losses.png").stat().st_size > 1000
     assert (blur_run / "run" / "figures" / "samples_epoch0002.png").exists()
 
@@ -312,8 +317,6 @@ def test_training_survives_kill_9_and_resumes(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (run / CHECKPOINT).exists()
-    from exp2sim.gan.checkpoint import read_info
-
     stopped_at = read_info(run / CHECKPOINT)["iteration"]
     assert 0 < stopped_at < 400
     res = subprocess.run(
@@ -361,8 +364,6 @@ def test_torchrun_two_processes_average_gradients(tmp_path):
         env=env,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    from exp2sim.gan.checkpoint import load_state
-
     state, info = load_state(tmp_path / "run" / CHECKPOINT)
     assert info["world_size"] == 2 and len(state["rng"]["sampler"]) == 2
     assert not torch.equal(state["rng"]["sampler"][0], state["rng"]["sampler"][1])

@@ -141,20 +141,19 @@ def translate(
 ) -> None:
     """Translate spectra with one generator of a trained run; shape and mask are kept."""
     with user_errors():
-        from exp2sim.fileio import atomic_path
+        from exp2sim.fileio import write_npy_atomic
         from exp2sim.gan.translate import Translator
-        from exp2sim.readers import read_spectra
+        from exp2sim.readers import HDF5_SUFFIXES, read_spectra
 
+        to_hdf5 = out.suffix in HDF5_SUFFIXES
+        if not (out.suffix == ".npy" or (to_hdf5 and input.suffix in HDF5_SUFFIXES)):
+            raise ValueError(f"{out}: write .npy, or .h5 when the input is an HDF5 file")
         translator = Translator.from_run(run, direction, checkpoint, device, max_voxels=max_voxels)
-        spectra = read_spectra(input)
-        result = translator(spectra)
-        if out.suffix == ".npy":
-            with atomic_path(out) as tmp, open(tmp, "wb") as f:
-                np.save(f, result)
-        elif out.suffix in (".h5", ".hdf5") and input.suffix in (".h5", ".hdf5"):
+        result = translator(read_spectra(input))
+        if to_hdf5:
             _write_translated_h5(input, out, result, run, direction)
         else:
-            raise ValueError(f"{out}: write .npy, or .h5 when the input is an .h5 dataset")
+            write_npy_atomic(out, result)
         err_console.print(f"wrote {out}: {result.shape} ({direction})")
 
 

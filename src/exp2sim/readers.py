@@ -13,6 +13,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs", ".nx5")
+
 
 def _checked(array: np.ndarray, source: str) -> np.ndarray:
     if array.dtype.kind not in "fiu" or array.dtype.kind == "b":
@@ -82,7 +84,7 @@ def read_spectra(path: str | Path) -> np.ndarray:
         return np.stack(arrays)
     if path.suffix == ".npy":
         return _read_npy(path)
-    if path.suffix in (".h5", ".hdf5", ".nxs", ".nx5"):
+    if path.suffix in HDF5_SUFFIXES:
         try:
             with h5py.File(path, "r") as f:
                 signal, mask = nxdata_signal(f, path)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -54,6 +55,16 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def run_generator(
+    generator: nn.Module, z: np.ndarray, device: torch.device, precision: str
+) -> np.ndarray:
+    """Translate one normalised spectrum z (*S, no NaN) with `generator`: (*S) float32."""
+    x = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))[None, None].to(device)
+    with autocast(device, precision):
+        return generator(x).float()[0, 0].cpu().numpy()
 
 
 @contextlib.contextmanager
@@ -92,6 +103,15 @@ class DCLGAN(nn.Module):
     def discriminator_parameters(self) -> list[nn.Parameter]:
         return [p for m in (self.D_A, self.D_B) for p in m.parameters()]
 
+    def optimisers(self) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+        """Adam with the configured rate and betas: (generators + heads, discriminators)."""
+        c = self.config
+        betas = (c.beta1, c.beta2)
+        return (
+            torch.optim.Adam(self.generator_parameters(), c.lr, betas),
+            torch.optim.Adam(self.discriminator_parameters(), c.lr, betas),
+        )
+
     def _nce(
         self,
         keys: list[torch.Tensor],
@@ -109,7 +129,8 @@ class DCLGAN(nn.Module):
         for layer, (k, q) in enumerate(zip(keys, queries, strict=True)):
             weights = valid_fraction(mask, k.shape[2:]).flatten(1)
             ids = sample_locations(weights, self.config.nce_patches, generator)
-            k_emb = key_heads(layer, gather_locations(k, ids))
+            with torch.no_grad():  # keys are not differentiated (as in CUT/DCLGAN)
+                k_emb = key_heads(layer, gather_locations(k, ids))
             q_emb = query_heads(layer, gather_locations(q, ids))
             total = total + patch_nce(q_emb, k_emb, self.config.nce_temperature)
         return total / len(keys)

@@ -103,32 +103,27 @@ class ResnetGenerator(nn.Module):
         layers' outputs (B, C_l, *S_l) as a list: the feature maps of PatchNCE, taken from
         the same pass. With `encode_only`, stop after the deepest requested layer and return
         (None, features)."""
-        x, crop = pad_to_multiple(x, 4)
-        wanted = set(layers)
-        unknown = wanted - set(encoder_layer_names(self.n_blocks))
+        names = encoder_layer_names(self.n_blocks)
+        unknown = set(layers) - set(names)
         if unknown:
             raise ValueError(f"unknown encoder layers {sorted(unknown)}")
+        if encode_only and not layers:
+            raise ValueError("encode_only needs at least one encoder layer")
+        stop = max(names.index(n) for n in layers) if encode_only else len(names)
+        # each encoder stage: (name of its output, module making it, module applied after)
+        stages = [("stem", self.stem_conv, self.stem_act)]
+        stages += [(f"down{i + 1}", self.down_convs[i], self.down_acts[i]) for i in range(2)]
+        stages += [(f"block{i + 1}", b, None) for i, b in enumerate(self.blocks)]
+        h, crop = pad_to_multiple(x, 4)
         feats: dict[str, torch.Tensor] = {}
-        last = max((encoder_layer_names(self.n_blocks).index(n) for n in layers), default=-1)
-
-        def keep(name: str, t: torch.Tensor) -> bool:
-            if name in wanted:
-                feats[name] = t
-            return encode_only and encoder_layer_names(self.n_blocks).index(name) >= last
-
-        h = self.stem_conv(x)
-        if keep("stem", h):
-            return None, [feats[n] for n in layers]
-        h = self.stem_act(h)
-        for i in range(2):
-            h = self.down_convs[i](h)
-            if keep(f"down{i + 1}", h):
+        for index, (name, make, after) in enumerate(stages):
+            h = make(h)
+            if name in layers:
+                feats[name] = h
+            if index == stop:
                 return None, [feats[n] for n in layers]
-            h = self.down_acts[i](h)
-        for i, block in enumerate(self.blocks):
-            h = block(h)
-            if keep(f"block{i + 1}", h):
-                return None, [feats[n] for n in layers]
+            if after is not None:
+                h = after(h)
         y = self.decoder(h)[(slice(None), slice(None), *crop)]
         if layers:
             return y, [feats[n] for n in layers]

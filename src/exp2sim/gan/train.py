@@ -32,7 +32,7 @@ from exp2sim.gan.checkpoint import load_state, read_info, save_state
 from exp2sim.gan.config import TrainConfig
 from exp2sim.gan.data import CropSampler, Domain, crop_shape, load_domain
 from exp2sim.gan.fid import spectra_distance
-from exp2sim.gan.model import DCLGAN, autocast
+from exp2sim.gan.model import DCLGAN, run_generator
 from exp2sim.gan.normalisation import IntensityScale
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -115,9 +115,7 @@ class Trainer:
         self.device = pick_device(config.device)
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = DCLGAN(config, data.dim).to(self.device)
-        betas = (config.beta1, config.beta2)
-        self.opt_g = torch.optim.Adam(self.model.generator_parameters(), config.lr, betas)
-        self.opt_d = torch.optim.Adam(self.model.discriminator_parameters(), config.lr, betas)
+        self.opt_g, self.opt_d = self.model.optimisers()
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         self.samplers = (
             CropSampler(data.a.train, data.crop, config.flip_axes),
@@ -313,7 +311,6 @@ class Trainer:
                 plot_losses(self.history, self.out / "figures" / "losses.png")
                 plot_samples(self, self.out / "figures" / f"samples_epoch{self.epoch:04d}.png")
 
-    @torch.no_grad()
     def translate_val(self, direction: str) -> tuple[np.ndarray, np.ndarray]:
         """Held-out spectra of the source domain and their translations (normalised)."""
         gen, src = (
@@ -321,15 +318,11 @@ class Trainer:
             if direction == "a2b"
             else (self.model.G_B, self.data.b.val)
         )
-        out = []
-        gen.eval()
-        for s in src:
-            x = torch.from_numpy(np.nan_to_num(s, nan=0.0))[None, None].to(self.device)
-            with autocast(self.device, self.config.precision):
-                y = gen(x).float()[0, 0].cpu().numpy()
-            out.append(np.where(np.isnan(s), np.nan, y))
-        gen.train()
-        return src, np.array(out)
+        out = [
+            run_generator(gen, np.nan_to_num(s, nan=0.0), self.device, self.config.precision)
+            for s in src
+        ]
+        return src, np.where(np.isnan(src), np.nan, np.array(out))
 
     def evaluate(self) -> dict[str, float]:
         """Frechet distances (spectral features) of the held-out translations to the other

@@ -25,7 +25,7 @@ import torch
 
 from exp2sim.gan.checkpoint import load_state, read_info
 from exp2sim.gan.config import TrainConfig
-from exp2sim.gan.model import autocast
+from exp2sim.gan.model import run_generator
 from exp2sim.gan.networks import ResnetGenerator
 from exp2sim.gan.normalisation import IntensityScale
 from exp2sim.gan.train import BEST, CHECKPOINT, pick_device
@@ -90,10 +90,10 @@ class Translator:
         latest checkpoint (`"latest"`)."""
         if direction not in DIRECTIONS:
             raise ValueError(f"unknown direction {direction!r}: use exp2sim or sim2exp")
-        run = Path(run)
-        path = run / BEST if checkpoint == "best" and (run / BEST).exists() else run / CHECKPOINT
         if checkpoint not in ("best", "latest"):
             raise ValueError(f"unknown checkpoint {checkpoint!r}: use best or latest")
+        run = Path(run)
+        path = run / BEST if checkpoint == "best" and (run / BEST).exists() else run / CHECKPOINT
         if not path.exists():
             raise ValueError(f"{run}: not a training run (no {CHECKPOINT})")
         name, src, tgt = DIRECTIONS[direction]
@@ -151,11 +151,8 @@ class Translator:
         side = max(16, side - side % 4)
         return tuple(min(side, s) for s in shape)
 
-    @torch.no_grad()
     def _run(self, z: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(z))[None, None].to(self.device)
-        with autocast(self.device, self.precision):
-            return self.generator(x).float()[0, 0].cpu().numpy()
+        return run_generator(self.generator, z, self.device, self.precision)
 
     def _translate(self, z: np.ndarray) -> np.ndarray:
         """Normalised spectrum (*S) -> translated (*S), tiled when large."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exp2sim.fileio import atomic_path
+from exp2sim.fileio import write_npy_atomic
 from exp2sim.spectra.generate import SimulationConfig
 
 
@@ -33,8 +33,7 @@ def write_single_spectrum(
         )
     spectrum = make_calculator(config)(params).astype(np.float32)
     if suffix == ".npy":
-        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, spectrum)
+        write_npy_atomic(out, spectrum)
     else:
         bins, mask, axes = make_bins_and_mask(config)
         write_dataset(
