@@ -175,3 +175,50 @@ def test_spectrum_info_and_show_commands(tmp_path):
         ["spectrum", "goodenough", "--params", "15,1.5,-1.35,1.5,0.88,0.074", "--out", str(npy)],
     )
     assert res.exit_code == 2 and "unstable" in res.stderr
+
+
+# A Dimer draw that the coarse 6 x 6 zone mesh calls stable but that is unstable at some
+# (h, k) of the mosaic: before the fix, it reached a worker and failed the whole job.
+MARGINAL_DIMER = [
+    -4.172425275789367,
+    1.4408182259069964,
+    -1.0108373662539603,
+    -16.590908845184135,
+    0.7827749744231256,
+    0.11859323381834197,
+]
+
+
+def test_draws_are_stable_where_the_calculator_solves():
+    from exp2sim.spectra.factory import make_calculator
+    from exp2sim.spectra.generate import draw_parameters
+
+    model = load_model("dimer")
+    p = np.array([MARGINAL_DIMER, model.best_fit])
+    swt = SpinWaveTheory(model.system)
+    assert swt.check_stability(p).all()  # the coarse mesh misses it
+    calc = make_calculator(SimulationConfig(model="dimer"))
+    assert calc.stable(p).tolist() == [False, True]
+    with pytest.raises(ValueError, match="unstable"):
+        calc(p[0])
+    # stable_at agrees with the full calculation on random draws, stable or not
+    draws = model.sample(24, np.random.default_rng(2))
+    q = np.column_stack([calc._hk, np.zeros(len(calc._hk))])
+    assert np.array_equal(swt.stable_at(q, draws), swt.layer_modes(q, draws).stable)
+    # every accepted draw of a job can be computed by its calculator
+    params, rejected = draw_parameters(SimulationConfig(model="dimer", n=12, seed=1))
+    assert len(params) == 12 and rejected > 0 and calc.stable(params).all()
+
+
+def test_job_with_given_parameters_pairs_spectra(tmp_path):
+    model = load_model("goodenough")
+    params = np.array([model.best_fit, model.best_fit]) * np.array([[1.0], [1.05]])
+    config = SimulationConfig(model="goodenough", n=2, kind="cut", seed=9, chunk=1)
+    Job(config, tmp_path / "a.h5", parameters=params).run(workers=1)
+    ds = read_dataset(tmp_path / "a.h5")
+    assert np.array_equal(ds.parameters, params)
+    with pytest.raises(ValueError, match="expected 3 parameter sets"):
+        Job(SimulationConfig(n=3), tmp_path / "b.h5", parameters=params)
+    with pytest.raises(ValueError, match="unstable"):
+        Job(SimulationConfig(model="dimer", n=1), tmp_path / "c.h5",
+            parameters=np.array([MARGINAL_DIMER])).prepare()  # fmt: skip

@@ -93,6 +93,12 @@ class UnconvolvedSpectra:
         self._hk, self._pixel_q = np.unique(np.round(hk, 9), axis=0, return_inverse=True)
         self._pixel_q = self._pixel_q.ravel()
 
+    def stable(self, params: np.ndarray) -> np.ndarray:
+        """(P,) True for parameter sets (P, n_params) this calculator can compute: h(k)
+        positive definite at every distinct (h, k) of its bins."""
+        q = np.column_stack([self._hk, np.zeros(len(self._hk))])
+        return self.swt.stable_at(q, np.atleast_2d(params))
+
     def modes(self, params: np.ndarray) -> LayerModes:
         """Modes at the distinct (h, k) bin centres for one parameter set."""
         q = np.column_stack([self._hk, np.zeros(len(self._hk))])
@@ -143,18 +149,7 @@ class ModeGrid:
         k_range: tuple[float, float],
         nodes_per_period: int = 40,
     ) -> None:
-        sc = swt.system.supercell
-        self.step = np.array([1.0 / sc[0], 1.0 / sc[1]]) / nodes_per_period
-        lo = np.floor(np.array([h_range[0], k_range[0]]) / self.step) * self.step
-        hi = np.ceil(np.array([h_range[1], k_range[1]]) / self.step) * self.step
-        self.origin = lo
-        self.n = np.round((hi - lo) / self.step).astype(int) + 1
-        hh, kk = np.meshgrid(
-            lo[0] + self.step[0] * np.arange(self.n[0]),
-            lo[1] + self.step[1] * np.arange(self.n[1]),
-            indexing="ij",
-        )
-        q = np.column_stack([hh.ravel(), kk.ravel(), np.zeros(hh.size)])
+        self.origin, self.step, self.n, q = self.nodes(swt, h_range, k_range, nodes_per_period)
         lm = swt.layer_modes(
             q, np.asarray(params, dtype=float)[None, :], crystal_frame=True, gradients=True
         )
@@ -177,6 +172,25 @@ class ModeGrid:
         inv = np.linalg.inv(recip)
         # in-plane laboratory (h, k) -> crystal (h, k) of each twin: (T, 2, 2)
         self._to_crystal = np.stack([(recip @ t.rotation @ inv)[:2, :2] for t in swt.system.twins])
+
+    @staticmethod
+    def nodes(
+        swt: SpinWaveTheory,
+        h_range: tuple[float, float],
+        k_range: tuple[float, float],
+        nodes_per_period: int = 40,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Grid origin (2,), spacing (2,), node counts (2,) and the nodes as crystal
+        wave vectors (Q, 3), conventional r.l.u. (l = 0)."""
+        sc = swt.system.supercell
+        step = np.array([1.0 / sc[0], 1.0 / sc[1]]) / nodes_per_period
+        lo = np.floor(np.array([h_range[0], k_range[0]]) / step) * step
+        hi = np.ceil(np.array([h_range[1], k_range[1]]) / step) * step
+        n = np.round((hi - lo) / step).astype(int) + 1
+        hh, kk = np.meshgrid(
+            lo[0] + step[0] * np.arange(n[0]), lo[1] + step[1] * np.arange(n[1]), indexing="ij"
+        )
+        return lo, step, n, np.column_stack([hh.ravel(), kk.ravel(), np.zeros(hh.size)])
 
     def to_crystal(self, twin: int, h: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, ...]:
         """A twin's crystal (h, k) of laboratory (h, k) (arrays of any shape)."""
@@ -304,6 +318,12 @@ class ConvolvedSpectra:
             float(np.max(np.abs(flat["k"]) + flat["dk"] + margins[:, 1])),
         )
         self.h_range = self.k_range = (-1.02 * reach, 1.02 * reach)
+
+    def stable(self, params: np.ndarray) -> np.ndarray:
+        """(P,) True for parameter sets (P, n_params) this calculator can compute: h(k)
+        positive definite at every node of its mode grid."""
+        q = ModeGrid.nodes(self.swt, self.h_range, self.k_range)[3]
+        return self.swt.stable_at(q, np.atleast_2d(params), crystal_frame=True)
 
     def __call__(self, params: np.ndarray) -> np.ndarray:
         """The convolved spectrum for one parameter set (layout shape, NaN where masked)."""

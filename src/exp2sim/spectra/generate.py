@@ -103,12 +103,18 @@ def draw_parameters(config: SimulationConfig) -> tuple[np.ndarray, int]:
     if model.ranges is None:
         raise ValueError(f"model {model.name!r} has no parameter ranges to draw from")
     swt = SpinWaveTheory(model.system)
+    calculator = _calculator(json.dumps(dataclasses.asdict(config), sort_keys=True))
     rng = np.random.default_rng(config.seed)
     candidates, stable = [], []
     while sum(int(s.sum()) for s in stable) < config.n:
         block = model.sample(max(64, config.n), rng)
         candidates.append(block)
-        stable.append(swt.check_stability(block))
+        # a coarse Brillouin-zone mesh first (cheap), then exactly the wave vectors the
+        # spectrum calculator will solve at, so no accepted set fails later in a worker
+        ok = swt.check_stability(block)
+        if ok.any():
+            ok[ok] = calculator.stable(block[ok])
+        stable.append(ok)
         if sum(len(c) for c in candidates) > 1000 * config.n:
             raise ValueError(f"model {model.name!r}: almost every draw is unstable")
     ok = np.concatenate(stable)
@@ -121,8 +127,24 @@ def draw_parameters(config: SimulationConfig) -> tuple[np.ndarray, int]:
 class Job:
     """One dataset-generation job writing `out` (resumable)."""
 
-    def __init__(self, config: SimulationConfig, out: str | Path, overwrite: bool = False):
+    def __init__(
+        self,
+        config: SimulationConfig,
+        out: str | Path,
+        overwrite: bool = False,
+        parameters: np.ndarray | None = None,
+    ):
+        """`parameters` (n, n_params): compute these sets instead of drawing them from the
+        seed (e.g. the same sets with and without resolution, for paired test data); they
+        must be stable for this configuration's calculator."""
         self.config = config
+        self.parameters = None
+        if parameters is not None:
+            self.parameters = np.asarray(parameters, dtype=float)
+            if self.parameters.ndim != 2 or len(self.parameters) != config.n:
+                raise ValueError(
+                    f"expected {config.n} parameter sets, got shape {self.parameters.shape}"
+                )
         self.out = Path(out)
         if self.out.suffix.lower() not in (".h5", ".hdf5", ".nxs"):
             raise ValueError(f"--out must be an .h5 file, got {str(self.out)!r}")
@@ -142,7 +164,10 @@ class Job:
 
     def prepare(self) -> np.ndarray:
         """Create or check the parts folder; return the parameters of all spectra."""
-        key = json.dumps(self.config.job_key(), sort_keys=True)
+        job = self.config.job_key()
+        if self.parameters is not None:
+            job["parameters"] = self.parameters.tolist()
+        key = json.dumps(job, sort_keys=True)
         if self.out.exists() and not self.parts.exists():
             raise ValueError(
                 f"{self.out} exists: choose another --out or pass --overwrite to replace it"
@@ -158,7 +183,13 @@ class Job:
                 )
             with np.load(self.parts / "parameters.npz", allow_pickle=False) as f:
                 return f["parameters"]
-        params, rejected = draw_parameters(self.config)
+        if self.parameters is None:
+            params, rejected = draw_parameters(self.config)
+        else:
+            params, rejected = self.parameters, 0
+            calculator = _calculator(self.config_json)
+            if not calculator.stable(params).all():
+                raise ValueError("some of the given parameter sets are unstable")
         with atomic_path(self.parts / "parameters.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, parameters=params, rejected=rejected)
         write_text_atomic(config_file, json.dumps({"job": json.loads(key)}, indent=1))

@@ -369,6 +369,24 @@ class SpinWaveTheory:
             stable &= ~self.solve(kt[start : start + step], w)[3].any(-1)
         return stable.cpu().numpy()
 
+    def stable_at(
+        self, q_rlu: np.ndarray, params: np.ndarray | None, crystal_frame: bool = False
+    ) -> np.ndarray:
+        """(P,) True where h(k) is positive definite at every wave vector q_rlu (Q, 3),
+        conventional r.l.u., in every twin: the exact points a calculation will solve at
+        (`crystal_frame` as in `layer_modes`). Cheaper than a calculation: no eigenvectors."""
+        q, q_lab, inv_recip, twin_list, _ = self._frames(q_rlu, True)
+        w = self.parameter_weights(params)
+        stable = torch.ones(len(w), dtype=torch.bool, device=self.device)
+        for twin in twin_list:
+            q_crys = q_lab if crystal_frame else q_lab @ twin.rotation
+            k = torch.tensor(q_crys @ inv_recip, dtype=torch.float64, device=self.device)
+            kp, _ = self._unique_wavevectors(k)
+            step = max(1, self.chunk // len(w))
+            for start in range(0, len(kp), step):
+                stable &= ~self.solve(kp[start : start + step], w)[3].any(-1)
+        return stable.cpu().numpy()
+
     # ------------------------------------------------------------------ observables
     def _frames(self, q_rlu: np.ndarray, twins: bool) -> tuple:
         """Checked wave vectors (Q, 3), their Cartesian form (inverse Angstrom), the inverse
