@@ -1,0 +1,373 @@
+"""The DUQ classifier as an estimator: fit on labelled spectra, then certainties per class.
+
+Spectra are float32 arrays (n, *S) with NaN where masked; S has 1, 2 or 3 axes (e.g. the
+240 x 400 MAPS mosaic). Each spectrum is normalised on its own (absolute units do not
+matter): z = asinh(x / s) / asinh(q / s), q the 99th percentile of |x| over its finite
+non-zero pixels, s = q / 10 (`IntensityScale`). Pixels without data in every training
+spectrum (the instrument's mask) are masked in every input too, so values there never count.
+
+    clf = DUQClassifier(ClassifierConfig(epochs=20)).fit(spectra, labels, ["dimer", "goodenough"])
+    clf.certainties(x)      # (n, C) in [0, 1]; all low = none of the known models
+    clf.save("cls"); DUQClassifier.load("cls")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from exp2sim.classifier.network import DUQNetwork, duq_loss
+from exp2sim.fileio import write_text_atomic
+from exp2sim.gan.checkpoint import load_state, read_info, save_state
+from exp2sim.gan.normalisation import IntensityScale
+from exp2sim.gan.train import pick_device
+
+WEIGHTS = "classifier.safetensors"
+CONFIG = "config.json"
+FORMAT = "exp2sim-duq-classifier"
+
+
+@dataclass
+class ClassifierConfig:
+    """Every hyper-parameter of a DUQ classifier and its training."""
+
+    # network
+    channels: tuple[int, ...] = (16, 32, 64, 64)  # conv stages: the stem, then stride 2
+    stem: int = 4  # kernel and stride of the first (patch) stage
+    pool: tuple[int, ...] = ()  # pooled grid; () = by dimension: (16,), (6, 10), (4, 4, 4)
+    features: int = 128  # feature vector f
+    centroid_size: int = 64  # M, rows of each W_c
+    sigma: float = 0.1  # RBF length scale
+    gamma: float = 0.999  # centroid moving-average factor (1 would freeze the centroids)
+    gradient_penalty: float = 0.5  # lambda of the two-sided penalty
+    # training
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3  # AdamW
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.1  # held out of each class for the reported accuracy
+    seed: int = 0
+    device: str = "auto"  # auto, cpu or cuda
+    # inputs and decisions
+    percentile: float = 99.0
+    compression: float = 10.0
+    threshold: float = 0.5  # every certainty below it: none of the known models
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.pool = tuple(int(p) for p in self.pool)
+        positive = ("features", "centroid_size", "epochs", "batch_size", "sigma", "lr", "stem")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels must be positive integers, got {self.channels}")
+        if self.pool and min(self.pool) < 1:
+            raise ValueError(f"pool must be positive integers, got {self.pool}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.gradient_penalty < 0 or self.weight_decay < 0:
+            raise ValueError("gradient_penalty and weight_decay must not be negative")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if not 0 < self.percentile <= 100 or self.compression <= 0:
+            raise ValueError("percentile must be in (0, 100] and compression positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ClassifierConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown classifier setting(s): {', '.join(unknown)}")
+        return cls(**values)
+
+
+def normalise(
+    spectra: np.ndarray, percentile: float = 99.0, compression: float = 10.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-spectrum intensity normalisation of (n, *S) spectra (NaN = masked).
+
+    Returns z (n, *S) float32 (0 where masked) and measured (n, *S) float32 (1 where the
+    pixel has data). A spectrum whose measured pixels are all zero stays zero.
+    """
+    measured = np.isfinite(spectra)
+    z = np.zeros(spectra.shape, dtype=np.float32)
+    for i, x in enumerate(spectra):
+        values = x[measured[i]]
+        if np.any(values != 0):
+            scale = IntensityScale.fit(values, percentile, compression)
+            z[i][measured[i]] = scale.transform(values)
+    return z, measured.astype(np.float32)
+
+
+def _split(labels: np.ndarray, n_classes: int, fraction: float, seed: int) -> np.ndarray:
+    """Boolean (n,) validation selection: round(fraction * n_c) of each class, at least one
+    spectrum of each class left for training."""
+    rng = np.random.default_rng(seed)
+    val = np.zeros(len(labels), dtype=bool)
+    for c in range(n_classes):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = min(int(round(fraction * len(idx))), len(idx) - 1)
+        val[idx[:n_val]] = True
+    return val
+
+
+def _as_spectra(spectra: np.ndarray, what: str) -> np.ndarray:
+    """float32 copy of an array of spectra, with one-line errors for non-numeric or Inf."""
+    array = np.asarray(spectra)
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"{what} must be numeric, got dtype {array.dtype}")
+    array = array.astype(np.float32, copy=True)
+    if np.isinf(array).any():
+        raise ValueError(f"{what} contain infinite values (use NaN for masked pixels)")
+    return array
+
+
+def _check_not_empty(spectra: np.ndarray, what: str) -> None:
+    empty = ~np.isfinite(spectra).reshape(len(spectra), -1).any(1)
+    if empty.any():
+        i = int(np.flatnonzero(empty)[0])
+        raise ValueError(f"{what}: spectrum {i} has no measured pixel (all NaN)")
+
+
+class DUQClassifier:
+    """A DUQ classifier of 1D, 2D or 3D spectra; scikit-learn style fit/predict."""
+
+    def __init__(self, config: ClassifierConfig | None = None) -> None:
+        self.config = config or ClassifierConfig()
+        self.network: DUQNetwork | None = None
+        self.classes: list[str] = []
+        self.input_shape: tuple[int, ...] | None = None
+        self.mask: np.ndarray | None = None  # S bool, True = no data in any training spectrum
+        self.history: list[dict[str, Any]] = []
+        self.device = torch.device("cpu")
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        spectra: np.ndarray,
+        labels: np.ndarray,
+        classes: list[str],
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> DUQClassifier:
+        """Train on spectra (n, *S) with integer labels (n,) indexing `classes`.
+
+        `progress`, if given, is called after every epoch with that epoch's history entry.
+        """
+        cfg = self.config
+        spectra = _as_spectra(spectra, "training spectra")
+        if not 2 <= spectra.ndim <= 4:
+            raise ValueError(
+                f"training spectra must be a stack (n, *S) of 1D, 2D or 3D spectra, "
+                f"got shape {spectra.shape}"
+            )
+        labels = np.asarray(labels)
+        classes = [str(c) for c in classes]
+        if len(set(classes)) != len(classes) or not classes:
+            raise ValueError(f"classes must be distinct names, got {classes}")
+        if labels.shape != (len(spectra),) or labels.dtype.kind not in "iu":
+            raise ValueError(f"labels must be {len(spectra)} integers, got {labels.shape}")
+        if labels.min() < 0 or labels.max() >= len(classes):
+            raise ValueError(f"labels must lie in 0..{len(classes) - 1}")
+        missing = [c for i, c in enumerate(classes) if not np.any(labels == i)]
+        if missing:
+            raise ValueError(f"class {missing[0]!r} has no training spectra")
+        _check_not_empty(spectra, "training spectra")
+
+        self.classes = classes
+        self.input_shape = tuple(spectra.shape[1:])
+        self.mask = ~np.isfinite(spectra).any(0)
+        self.device = pick_device(cfg.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.network = self._build().to(self.device)
+        z, measured = normalise(spectra, cfg.percentile, cfg.compression)
+        val = _split(labels, len(classes), cfg.val_fraction, cfg.seed)
+        z_t, m_t = torch.from_numpy(z), torch.from_numpy(measured)
+        y_t = torch.from_numpy(labels.astype(np.int64))
+        train_idx = np.flatnonzero(~val)
+        optimiser = torch.optim.AdamW(
+            self.network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        rng = np.random.default_rng(cfg.seed + 1)
+        self.history = []
+        for epoch in range(cfg.epochs):
+            start = time.perf_counter()
+            self.network.train()
+            sums = np.zeros(4)  # loss, bce, penalty, correct
+            for batch in np.array_split(
+                rng.permutation(train_idx), max(1, -(-len(train_idx) // cfg.batch_size))
+            ):
+                b = torch.from_numpy(batch)
+                sums += self._step(optimiser, z_t[b], m_t[b], y_t[b]) * len(batch)
+            entry = {
+                "epoch": epoch + 1,
+                "loss": float(sums[0] / len(train_idx)),
+                "bce": float(sums[1] / len(train_idx)),
+                "penalty": float(sums[2] / len(train_idx)),
+                "train_accuracy": float(sums[3] / len(train_idx)),
+                "val_accuracy": None,
+                "n_train": int(len(train_idx)),
+                "n_val": int(val.sum()),
+            }
+            if val.any():
+                k = self._kernel(z_t[val], m_t[val])
+                entry["val_accuracy"] = float((k.argmax(1) == labels[val]).mean())
+            entry["seconds"] = time.perf_counter() - start
+            self.history.append(entry)
+            if progress is not None:
+                progress(entry)
+        return self
+
+    def _build(self) -> DUQNetwork:
+        cfg = self.config
+        return DUQNetwork(
+            len(self.input_shape or ()),
+            len(self.classes),
+            cfg.channels,
+            cfg.pool or None,
+            cfg.features,
+            cfg.centroid_size,
+            cfg.sigma,
+            cfg.gamma,
+            cfg.stem,
+        )
+
+    def _step(
+        self,
+        optimiser: torch.optim.Optimizer,
+        z: torch.Tensor,
+        measured: torch.Tensor,
+        y: torch.Tensor,
+    ) -> np.ndarray:
+        """One optimisation step and centroid update; returns [loss, bce, penalty, accuracy]."""
+        lam = self.config.gradient_penalty
+        z = z.to(self.device).requires_grad_(lam > 0)
+        measured = measured.to(self.device)
+        onehot = torch.nn.functional.one_hot(y.to(self.device), len(self.classes)).float()
+        kernel, u = self.network(torch.stack([z * measured, measured], 1))
+        loss, bce, penalty = duq_loss(kernel, onehot, z, lam)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        self.network.head.update_centroids(u, onehot)
+        accuracy = (kernel.argmax(1) == onehot.argmax(1)).float().mean()
+        return np.array([loss.item(), bce.item(), penalty.item(), accuracy.item()])
+
+    @torch.no_grad()
+    def _kernel(self, z: torch.Tensor, measured: torch.Tensor, batch: int = 64) -> np.ndarray:
+        """Kernel values (n, C) of normalised inputs, in batches."""
+        self.network.eval()
+        out = []
+        for i in range(0, len(z), batch):
+            zb, mb = z[i : i + batch].to(self.device), measured[i : i + batch].to(self.device)
+            out.append(self.network(torch.stack([zb * mb, mb], 1))[0].cpu().numpy())
+        return np.concatenate(out).astype(np.float64)
+
+    # ------------------------------------------------------------------ inference
+    def _inputs(self, spectra: np.ndarray) -> np.ndarray:
+        """Checked (n, *S) float32 copy of one spectrum S or a stack, training mask applied."""
+        if self.network is None or self.input_shape is None:
+            raise ValueError("the classifier is not trained yet (fit or load it first)")
+        array = _as_spectra(spectra, "input spectra")
+        shape = self.input_shape
+        if array.shape == shape:
+            array = array[None]
+        elif array.shape[1:] != shape:
+            raise ValueError(
+                f"input spectra have shape {array.shape} but the classifier was trained on {shape}"
+            )
+        array[:, self.mask] = np.nan
+        _check_not_empty(array, "input spectra")
+        return array
+
+    def certainties(self, spectra: np.ndarray) -> np.ndarray:
+        """Kernel values (n, C) in [0, 1] for one spectrum S or a stack (n, *S): the
+        certainty that each spectrum comes from each class."""
+        array = self._inputs(spectra)
+        z, measured = normalise(array, self.config.percentile, self.config.compression)
+        return self._kernel(torch.from_numpy(z), torch.from_numpy(measured))
+
+    def predict(self, spectra: np.ndarray) -> np.ndarray:
+        """Index (n,) of the most certain class (see `known` for out-of-distribution)."""
+        return self.certainties(spectra).argmax(1)
+
+    def results(self, spectra: np.ndarray) -> list[dict[str, Any]]:
+        """Per spectrum: {"certainties": {class: value}, "prediction": class, "known": bool},
+        known = False when every certainty is below the threshold."""
+        k = self.certainties(spectra)
+        return [
+            {
+                "certainties": {c: float(v) for c, v in zip(self.classes, row, strict=True)},
+                "prediction": self.classes[int(row.argmax())],
+                "known": bool(row.max() >= self.config.threshold),
+            }
+            for row in k
+        ]
+
+    @property
+    def validation_accuracy(self) -> float | None:
+        """Held-out accuracy after the last epoch (None without a validation set)."""
+        return self.history[-1]["val_accuracy"] if self.history else None
+
+    # ------------------------------------------------------------------ files
+    def save(self, directory: str | Path) -> None:
+        """Write classifier.safetensors (weights, centroid buffers, mask; metadata: classes,
+        input shape, history, config) and config.json into `directory`."""
+        if self.network is None:
+            raise ValueError("the classifier is not trained yet: nothing to save")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {"network": self.network.state_dict(), "mask": torch.from_numpy(self.mask)}
+        info = {
+            "format": FORMAT,
+            "config": self.config.to_dict(),
+            "classes": self.classes,
+            "input_shape": list(self.input_shape),
+            "history": self.history,
+        }
+        save_state(directory / WEIGHTS, state, info)
+        write_text_atomic(directory / CONFIG, json.dumps(self.config.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "auto") -> DUQClassifier:
+        """A classifier written by `save` (no pickle involved)."""
+        directory = Path(directory)
+        path = directory / WEIGHTS
+        if not path.is_file():
+            raise ValueError(f"{directory}: not a classifier (no {WEIGHTS})")
+        info = read_info(path)
+        if info.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a classifier checkpoint")
+        config = dataclasses.replace(ClassifierConfig.from_dict(info["config"]), device=device)
+        clf = cls(config)
+        clf.classes = list(info["classes"])
+        clf.input_shape = tuple(info["input_shape"])
+        clf.history = list(info["history"])
+        state, _ = load_state(path)
+        clf.mask = state["mask"].numpy().astype(bool)
+        if clf.mask.shape != clf.input_shape:
+            raise ValueError(f"{path}: mask shape {clf.mask.shape} != input shape")
+        clf.device = pick_device(device)
+        clf.network = clf._build()
+        try:
+            clf.network.load_state_dict(state["network"])
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{path}: weights do not fit the saved configuration ({exc})"
+            ) from None
+        clf.network.to(clf.device)
+        return clf

@@ -1,0 +1,142 @@
+"""`exp2sim classify`: train a DUQ classifier on datasets, or name the model behind spectra."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from exp2sim.cli_common import console, err_console, progress_bar, user_errors
+
+NONE_KNOWN = "none of the known models"
+
+
+def classify(
+    input: Annotated[
+        Path | None,
+        typer.Argument(help="Spectra to classify (with --model): .npy, .npy folder or .h5."),
+    ] = None,
+    train: Annotated[
+        list[Path] | None,
+        typer.Option("--train", help="exp2sim dataset (.h5) to train on; repeat for several."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Classifier directory to write (with --train).")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="A trained classifier directory.")] = None,
+    deconvolve: Annotated[
+        Path | None,
+        typer.Option(help="GAN run directory: remove the resolution (Exp2Sim) before classifying."),
+    ] = None,
+    format: Annotated[str, typer.Option(help="text or json.")] = "text",
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of weights and data split.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Train a DUQ classifier (--train DATA.h5 ... --out DIR) or classify spectra with one
+    (--model DIR INPUT): a certainty in [0, 1] per known model; all low means none of them."""
+    with user_errors():
+        if (train is None) == (model is None):
+            raise ValueError("give either --train DATA.h5 ... --out DIR or --model DIR INPUT")
+        if train is not None:
+            if out is None:
+                raise ValueError("--train needs --out DIR for the classifier")
+            if input is not None or deconvolve is not None:
+                raise ValueError("--train takes no INPUT and no --deconvolve (use --model)")
+            _train(train, out, epochs, seed, device)
+        else:
+            if input is None:
+                raise ValueError("--model needs the INPUT spectra to classify")
+            if out is not None or epochs is not None or seed is not None:
+                raise ValueError("--out, --epochs and --seed belong to --train")
+            if format not in ("text", "json"):
+                raise ValueError(f"unknown --format {format!r}: use text or json")
+            _classify(model, input, deconvolve, format, device)
+
+
+def read_training_sets(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Spectra (n, *S) with each file's mask as NaN, labels (n,) and the class names (the
+    sorted union of the files' model names) from exp2sim datasets."""
+    from exp2sim.spectra.dataset import read_dataset
+
+    datasets = [read_dataset(p) for p in paths]
+    shapes = {d.shape for d in datasets}
+    if len(shapes) > 1:
+        listing = ", ".join(f"{p} {d.shape}" for p, d in zip(paths, datasets, strict=True))
+        raise ValueError(f"training datasets differ in spectrum shape: {listing}")
+    classes = sorted({name for d in datasets for name in d.models})
+    spectra, labels = [], []
+    for d in datasets:
+        signal = np.array(d.signal, dtype=np.float32)
+        signal[:, d.mask] = np.nan
+        spectra.append(signal)
+        names = np.asarray(d.models)[np.asarray(d.labels, dtype=int)]
+        labels.append(np.array([classes.index(n) for n in names], dtype=np.int64))
+    return np.concatenate(spectra), np.concatenate(labels), classes
+
+
+def _train(paths: list[Path], out: Path, epochs: int | None, seed: int | None, device: str) -> None:
+    import dataclasses
+
+    from exp2sim.classifier import ClassifierConfig, DUQClassifier
+
+    spectra, labels, classes = read_training_sets(paths)
+    changes = {"epochs": epochs, "seed": seed, "device": device}
+    config = dataclasses.replace(
+        ClassifierConfig(), **{k: v for k, v in changes.items() if v is not None}
+    )
+    counts = ", ".join(f"{c} {int((labels == i).sum())}" for i, c in enumerate(classes))
+    err_console.print(
+        f"training on {len(spectra)} spectra of shape {spectra.shape[1:]} ({counts}), "
+        f"{config.epochs} epochs"
+    )
+    clf = DUQClassifier(config)
+    with progress_bar("training", "status") as bar:
+        task = bar.add_task("train", total=config.epochs, status="")
+
+        def progress(entry: dict[str, Any]) -> None:
+            val = entry["val_accuracy"]
+            status = f"loss {entry['loss']:.3f} accuracy {entry['train_accuracy']:.2f}"
+            if val is not None:
+                status += f" held-out {val:.2f}"
+            bar.update(task, advance=1, status=status)
+
+        clf.fit(spectra, labels, classes, progress)
+    clf.save(out)
+    acc = clf.validation_accuracy
+    n_val = clf.history[-1]["n_val"]
+    if acc is None:
+        console.print("held-out accuracy: no spectra held out (too few per class)")
+    else:
+        console.print(f"held-out accuracy: {acc:.3f} ({n_val} spectra)")
+    err_console.print(f"wrote {out}: classes {', '.join(classes)}")
+
+
+def _classify(model: Path, input: Path, deconvolve: Path | None, fmt: str, device: str) -> None:
+    from exp2sim.classifier import DUQClassifier
+    from exp2sim.readers import read_spectra
+
+    clf = DUQClassifier.load(model, device=device)
+    spectra = read_spectra(input)
+    if deconvolve is not None:
+        from exp2sim.gan.translate import Translator
+
+        spectra = Translator.from_run(deconvolve, "exp2sim", device=device)(spectra)
+    single = spectra.shape == clf.input_shape
+    results = clf.results(spectra)
+    if fmt == "json":
+        typer.echo(json.dumps(results[0] if single else results, indent=2))
+        return
+    table = Table(title=f"{input}: certainty per model (threshold {clf.config.threshold:g})")
+    table.add_column("spectrum", justify="right")
+    for c in clf.classes:
+        table.add_column(c, justify="right")
+    table.add_column("prediction")
+    for i, r in enumerate(results):
+        verdict = r["prediction"] if r["known"] else NONE_KNOWN
+        table.add_row(str(i), *(f"{r['certainties'][c]:.3f}" for c in clf.classes), verdict)
+    console.print(table)

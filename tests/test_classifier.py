@@ -1,0 +1,387 @@
+"""DUQ classifier: the kernel and penalty in closed form, the centroid moving average, 1D/2D/3D
+shapes, masked pixels, a small task that must be learned (with out-of-distribution inputs),
+save/load, determinism, input errors and the `exp2sim classify` command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from exp2sim.classifier import (
+    ClassifierConfig,
+    DUQClassifier,
+    DUQHead,
+    DUQNetwork,
+    gradient_penalty,
+)
+from exp2sim.cli import app
+
+runner = CliRunner()
+SHAPE = (32, 48)  # energy x q of the synthetic spectra
+CLASSES = ["acoustic", "optical"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny convolutions run faster on one thread when the two cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def dispersions(n: int, shape=SHAPE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two kinds of synthetic 2D spectra with random parameters, labels alternating.
+
+    Class 0: one gapless band E = a |sin(pi k q + phase)|; class 1: two gapped cosine bands.
+    Random overall scale (log-normal, so absolute units vary) and noise; the last 8 columns
+    and the first 4 rows are masked (NaN) in every spectrum.
+    """
+    rng = np.random.default_rng(seed)
+    ne, nq = shape
+    e = np.arange(ne)[:, None]
+    q = np.linspace(0, 1, nq)[None, :]
+    labels = np.arange(n) % 2
+    out = np.zeros((n, *shape))
+    for i, c in enumerate(labels):
+        amp, k, phase = rng.uniform(0.3, 0.8) * ne, rng.uniform(1, 2.5), rng.uniform(0, 2 * np.pi)
+        if c == 0:
+            curves = [amp * np.abs(np.sin(np.pi * k * q + phase))]
+        else:
+            gap, w = rng.uniform(0.1, 0.4) * ne, rng.uniform(0.05, 0.2) * ne
+            band = w * np.cos(2 * np.pi * k * q + phase)
+            curves = [gap + w + band, gap + 0.5 * w + 0.3 * ne + band]
+        for curve in curves:
+            out[i] += rng.uniform(0.5, 2) * np.exp(-0.5 * (e - curve) ** 2)
+    out *= rng.lognormal(0, 1, (n, 1, 1))
+    out += rng.normal(0, 0.02, out.shape) * out.max(axis=(1, 2), keepdims=True)
+    out[:, :, -8:] = np.nan
+    out[:, :4, :] = np.nan
+    return out.astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A classifier trained on 160 synthetic spectra for 15 epochs (a few seconds)."""
+    x, y = dispersions(160, seed=0)
+    config = ClassifierConfig(epochs=15, device="cpu", val_fraction=0.125, seed=3)
+    return DUQClassifier(config).fit(x, y, CLASSES)
+
+
+# ---------------------------------------------------------------- network parts
+
+
+def test_kernel_is_the_rbf_of_the_mean_squared_distance():
+    head = DUQHead(features=5, n_classes=2, centroid_size=4, sigma=0.1)
+    e = head.centroids
+    delta = torch.tensor([0.0, 0.05, 0.1, 0.3])
+    u = e[None] + delta[:, None, None]  # (4, 2, 4): every component shifted by delta
+    k = head.kernel(u)
+    expected = torch.exp(-(delta**2) / (2 * 0.1**2))
+    torch.testing.assert_close(k, expected[:, None].expand(4, 2))
+
+
+def test_gradient_penalty_in_closed_form():
+    # K_c = w_c . x for every sample: d sum_c K_c / dx = w_0 + w_1, so the penalty is
+    # (|w_0 + w_1|^2 - 1)^2 whatever x is
+    w = torch.tensor([[0.3, -0.2, 0.5], [0.1, 0.4, 0.2]], dtype=torch.float64)
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    gp = gradient_penalty(x @ w.T, x)
+    expected = (w.sum(0).pow(2).sum() - 1) ** 2
+    torch.testing.assert_close(gp, expected)
+
+
+@pytest.mark.parametrize("shape", [(37,), (20, 26), (9, 10, 11)])
+def test_network_shapes_in_every_dimension(shape):
+    torch.manual_seed(0)
+    net = DUQNetwork(len(shape), n_classes=3, features=16, centroid_size=8)
+    k, u = net(torch.randn(5, 2, *shape))
+    assert k.shape == (5, 3) and u.shape == (5, 3, 8)
+    assert torch.all((k >= 0) & (k <= 1))
+
+
+def test_moving_average_pulls_centroids_to_class_means_and_gamma_one_freezes():
+    torch.manual_seed(0)
+    u = torch.randn(8, 2, 4)  # fixed embeddings
+    onehot = torch.nn.functional.one_hot(torch.arange(8) % 2, 2).float()
+    means = torch.stack([u[0::2, 0].mean(0), u[1::2, 1].mean(0)])
+    moving = DUQHead(5, 2, 4, gamma=0.9)
+    frozen = DUQHead(5, 2, 4, gamma=1.0)
+    start_m, start_f = moving.centroids.clone(), frozen.centroids.clone()
+    distances = [(moving.centroids - means).norm().item()]
+    for _ in range(100):
+        moving.update_centroids(u, onehot)
+        frozen.update_centroids(u, onehot)
+        distances.append((moving.centroids - means).norm().item())
+    assert np.all(np.diff(distances) < 0)  # every step closer
+    assert distances[-1] < 1e-3 * distances[0]  # m/N -> the class mean
+    assert not torch.allclose(moving.centroids, start_m)
+    assert torch.equal(frozen.centroids, start_f)
+
+
+def test_penalty_is_differentiable_and_reaches_the_feature_extractor():
+    torch.manual_seed(1)
+    net = DUQNetwork(2, 2, channels=(4, 8), features=8, centroid_size=4, sigma=1.0).double()
+    z = torch.randn(3, 16, 16, dtype=torch.float64)
+    measured = torch.ones_like(z)
+    stem = net.features.convs[0].weight
+
+    def penalty() -> torch.Tensor:
+        zz = z.clone().requires_grad_(True)
+        k, _ = net(torch.stack([zz * measured, measured], 1))
+        return gradient_penalty(k, zz)
+
+    (grad,) = torch.autograd.grad(penalty(), stem)
+    assert grad.abs().sum() > 0 and torch.isfinite(grad).all()
+    # the analytic gradient matches a central difference along a random direction
+    direction = torch.randn_like(stem)
+    eps = 1e-6
+    values = []
+    for step in (eps, -2 * eps, eps):  # up, down, back
+        with torch.no_grad():
+            stem += step * direction
+        values.append(penalty().item())
+    up, down = values[:2]
+    assert (up - down) / (2 * eps) == pytest.approx((grad * direction).sum().item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------- the estimator
+
+
+@pytest.mark.parametrize("shape", [(40,), (12, 20), (8, 8, 12)])
+def test_certainties_for_1d_2d_3d_spectra(shape):
+    rng = np.random.default_rng(0)
+    x = rng.gamma(1.0, 1.0, (12, *shape)).astype(np.float32)
+    x[:, 0] = np.nan
+    clf = DUQClassifier(ClassifierConfig(epochs=1, batch_size=4, device="cpu"))
+    clf.fit(x, np.arange(12) % 3, ["a", "b", "c"])
+    k = clf.certainties(x)
+    assert k.shape == (12, 3) and np.all((k >= 0) & (k <= 1))
+    assert clf.certainties(x[0]).shape == (1, 3)  # one spectrum of shape S
+    assert clf.predict(x).shape == (12,)
+
+
+def test_learns_two_kinds_of_dispersion_and_flags_noise(trained):
+    assert trained.validation_accuracy >= 0.9
+    x, y = dispersions(80, seed=1)  # fresh draws
+    k = trained.certainties(x)
+    assert np.mean(k.argmax(1) == y) >= 0.9
+    assert np.array_equal(trained.predict(x), k.argmax(1))
+    rng = np.random.default_rng(2)
+    noise = rng.gamma(1.0, 1.0, (40, *SHAPE)).astype(np.float32)
+    k_noise = trained.certainties(noise)
+    assert k_noise.max(1).mean() < k.max(1).mean() - 0.2
+    assert np.all((k_noise >= 0) & (k_noise <= 1))
+
+
+def test_masked_pixels_and_units_do_not_matter(trained):
+    x, _ = dispersions(6, seed=4)
+    k = trained.certainties(x)
+    filled = np.where(np.isnan(x), np.random.default_rng(0).normal(0, 1e3, x.shape), x)
+    np.testing.assert_array_equal(trained.certainties(filled), k)
+    np.testing.assert_allclose(trained.certainties(x * 1e4), k, atol=1e-5)  # per-spectrum scale
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    trained.save(tmp_path / "cls")
+    assert json.loads((tmp_path / "cls" / "config.json").read_text())["epochs"] == 15
+    loaded = DUQClassifier.load(tmp_path / "cls", device="cpu")
+    assert loaded.classes == CLASSES and loaded.input_shape == SHAPE
+    assert loaded.history == trained.history
+    torch.testing.assert_close(loaded.network.head.m, trained.network.head.m, rtol=0, atol=0)
+    x, _ = dispersions(5, seed=5)
+    np.testing.assert_array_equal(loaded.certainties(x), trained.certainties(x))
+
+
+def test_same_seed_same_numbers():
+    x, y = dispersions(24, shape=(16, 24), seed=6)
+
+    def fit(seed):
+        config = ClassifierConfig(epochs=2, batch_size=8, seed=seed, device="cpu")
+        return DUQClassifier(config).fit(x, y, CLASSES).certainties(x)
+
+    a = fit(0)
+    np.testing.assert_array_equal(a, fit(0))
+    assert not np.array_equal(a, fit(1))
+
+
+def test_bad_input_gives_one_line_errors(trained, tmp_path):
+    def message(call, *args):
+        with pytest.raises(ValueError) as info:
+            call(*args)
+        text = str(info.value)
+        assert "\n" not in text
+        return text
+
+    assert (
+        message(trained.certainties, np.zeros(88, np.float32))
+        == "input spectra have shape (88,) but the classifier was trained on (32, 48)"
+    )
+    bad = dispersions(2, seed=7)[0]
+    bad[1, 10, 10] = np.inf
+    assert "infinite" in message(trained.certainties, bad)
+    bad[1] = np.nan
+    assert "spectrum 1 has no measured pixel" in message(trained.certainties, bad)
+    assert "not a classifier" in message(DUQClassifier.load, tmp_path)
+    assert "not trained" in message(DUQClassifier().certainties, bad)
+    x, y = dispersions(4, seed=8)
+    assert "labels" in message(DUQClassifier().fit, x, y + 5, CLASSES)
+    assert "has no training spectra" in message(DUQClassifier().fit, x, y * 0, CLASSES)
+    with pytest.raises(ValueError, match="gamma"):
+        ClassifierConfig(gamma=0.0)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _write_dataset(path, spectra, name):
+    from exp2sim.spectra.dataset import write_dataset
+    from exp2sim.spectra.layout import Bins
+
+    shape = spectra.shape[1:]
+    mask = np.isnan(spectra).all(0)
+    zero = np.zeros(shape)
+    bins = Bins(zero, zero, zero, zero, zero, zero + 1, zero + 10, zero.astype(int), ())
+    info = {"name": name, "parameter_names": ["p"], "ranges": [[0, 1]]}
+    params = np.zeros((len(spectra), 1))
+    write_dataset(path, np.nan_to_num(spectra), bins, mask, params, {"seed": 0}, info, 0)
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    x, y = dispersions(80, seed=10)
+    # two files per class name are merged: optical in a.h5 and c.h5, acoustic in b.h5
+    _write_dataset(root / "a.h5", x[y == 1][:20], "optical")
+    _write_dataset(root / "b.h5", x[y == 0], "acoustic")
+    _write_dataset(root / "c.h5", x[y == 1][20:], "optical")
+    args = ["classify", "--out", str(root / "cls"), "--epochs", "12", "--device", "cpu"]
+    for name in ("a", "b", "c"):
+        args += ["--train", str(root / f"{name}.h5")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "held-out accuracy" in res.output
+    return root
+
+
+def test_classify_command_trains_and_prints_json(cli_model):
+    root = cli_model
+    clf = DUQClassifier.load(root / "cls", device="cpu")
+    assert clf.classes == ["acoustic", "optical"]  # sorted union of the files' models
+    assert clf.history[-1]["n_train"] + clf.history[-1]["n_val"] == 80
+    x, y = dispersions(6, seed=11)
+    np.save(root / "one.npy", x[1])
+    np.save(root / "stack.npy", x)
+    res = runner.invoke(
+        app, ["classify", "--model", str(root / "cls"), str(root / "one.npy"), "--format", "json"]
+    )
+    assert res.exit_code == 0, res.output
+    one = json.loads(res.output)
+    assert set(one) == {"certainties", "prediction", "known"}
+    assert set(one["certainties"]) == set(CLASSES)
+    assert one["prediction"] == max(one["certainties"], key=one["certainties"].get)
+    assert one["known"] == (max(one["certainties"].values()) >= 0.5)
+    expected = clf.certainties(x[1])[0]
+    assert [one["certainties"][c] for c in CLASSES] == pytest.approx(expected.tolist())
+    res = runner.invoke(
+        app, ["classify", "--model", str(root / "cls"), str(root / "stack.npy"), "--format", "json"]
+    )
+    stack = json.loads(res.output)
+    assert isinstance(stack, list) and len(stack) == 6
+    assert [r["prediction"] for r in stack] == [CLASSES[i] for i in clf.predict(x)]
+    res = runner.invoke(app, ["classify", "--model", str(root / "cls"), str(root / "stack.npy")])
+    assert res.exit_code == 0 and "acoustic" in res.output and "prediction" in res.output
+
+
+def test_classify_text_says_none_of_the_known_models(trained, tmp_path):
+    trained.save(tmp_path / "cls")
+    noise = np.random.default_rng(0).gamma(1.0, 1.0, (4, *SHAPE)).astype(np.float32)
+    x, _ = dispersions(2, seed=14)
+    stack = np.concatenate([x, noise])
+    known = trained.certainties(stack).max(1) >= trained.config.threshold
+    assert known[:2].all() and not known[2:].any()  # noise: below the threshold
+    np.save(tmp_path / "mixed.npy", stack)
+    res = runner.invoke(
+        app, ["classify", "--model", str(tmp_path / "cls"), str(tmp_path / "mixed.npy")]
+    )
+    assert res.exit_code == 0, res.output
+    rows = [line for line in res.output.splitlines() if "none of the known models" in line]
+    assert len(rows) == 4
+    res = runner.invoke(
+        app,
+        [
+            "classify",
+            "--model",
+            str(tmp_path / "cls"),
+            str(tmp_path / "mixed.npy"),
+            "--format",
+            "json",
+        ],
+    )
+    assert [r["known"] for r in json.loads(res.output)] == [True, True, False, False, False, False]
+
+
+def test_classify_deconvolves_with_a_gan_run_first(cli_model):
+    from exp2sim.gan.config import TrainConfig
+    from exp2sim.gan.train import Trainer
+    from exp2sim.gan.translate import Translator
+
+    root = cli_model
+    x, _ = dispersions(4, seed=12)
+    np.save(root / "gan.npy", x)
+    tiny = {
+        "ngf": 4,
+        "n_blocks": 2,
+        "ndf": 4,
+        "d_layers": 2,
+        "nce_patches": 16,
+        "nce_units": 8,
+        "crop": 16,
+        "nce_layers": ("down1", "down2", "block1", "block2"),
+    }
+    config = TrainConfig(**tiny, epochs=1, epochs_decay=0, iterations_per_epoch=1)
+    Trainer.new(config, root / "gan.npy", root / "gan.npy", root / "run").fit()
+    res = runner.invoke(
+        app,
+        [
+            "classify",
+            "--model",
+            str(root / "cls"),
+            str(root / "gan.npy"),
+            "--deconvolve",
+            str(root / "run"),
+            "--format",
+            "json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    got = [[r["certainties"][c] for c in CLASSES] for r in json.loads(res.output)]
+    translated = Translator.from_run(root / "run", "exp2sim", device="cpu")(x)
+    clf = DUQClassifier.load(root / "cls", device="cpu")
+    np.testing.assert_allclose(got, clf.certainties(translated), atol=1e-6)
+    assert not np.allclose(got, clf.certainties(x), atol=1e-6)  # the translation did happen
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        ([], "either --train"),
+        (["--train", "a.h5", "--model", "cls", "x.npy"], "either --train"),
+        (["--train", "a.h5"], "needs --out"),
+        (["--model", "cls"], "needs the INPUT"),
+        (["--model", "cls", "wrong.npy"], "trained on (32, 48)"),
+        (["--model", "cls", "one.npy", "--format", "xml"], "unknown --format"),
+        (["--model", "nowhere", "one.npy"], "not a classifier"),
+        (["--train", "missing.h5", "--out", "x"], "no such file"),
+    ],
+)
+def test_classify_bad_use_is_one_line_and_exit_2(cli_model, args, words, monkeypatch):
+    monkeypatch.chdir(cli_model)
+    np.save(cli_model / "wrong.npy", np.zeros((3, 88), np.float32))
+    np.save(cli_model / "one.npy", dispersions(1, seed=13)[0][0])
+    res = runner.invoke(app, ["classify", *args])
+    assert res.exit_code == 2, res.output
+    assert words in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
