@@ -1,0 +1,195 @@
+"""Feature vectors of spectra for the applicability measure, from the generator's encoder.
+
+Each spectrum (n, *S) is normalised with the source domain's intensity scale (masked pixels
+set to 0, as the generator sees them when translating) and passed through the encoder; its
+output h (the last residual block: C = 4 ngf channels at 1/4 resolution) gives two blocks:
+
+- content: each channel's mean and standard deviation over the whole spectrum (2C numbers):
+  which features occur and how strongly they vary, wherever they are (the statistics FID
+  and style-transfer features use);
+- layout: each channel's mean over a coarse grid of cells (`FeatureSettings.grid`, about 64
+  cells in the spectrum's aspect ratio: 6 x 10 for the 240 x 400 MAPS mosaic, one cell per
+  40 x 40 tile): where in the spectrum the features appear (C * cells numbers).
+
+Each block is reduced to D/2 numbers by a fixed Gaussian random projection (entries
+N(0, 1/(D/2)), drawn from `FeatureSettings.seed`; a block no longer than D/2 is kept as it
+is). By the Johnson-Lindenstrauss lemma such a projection keeps distances between feature
+vectors within a few per cent without being fitted to any data, so directions the training
+set never explores (those of out-of-distribution inputs) survive it, which a PCA fitted on
+the training set would not guarantee. Why two blocks: with the layout alone, where lines
+happen to sit dominates the spread of the training set and hides inputs of another kind
+(noise, sharp unblurred lines, blank spectra scored as in-distribution on a trained 1D
+test run); the content block separates those by factors of 3 to 60 (sinkhorn.py scales
+each block by its own training spread, so both count equally).
+
+Same code for 1D, 2D and 3D spectra; no autograd; batched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from exp2sim.gan.networks import ResnetGenerator, encoder_layer_names
+from exp2sim.gan.normalisation import IntensityScale
+
+MAX_DIM = 512
+_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How encoder outputs become feature vectors.
+
+    grid: layout cells along each spatial axis of the encoder output.
+    dim: the most numbers D per feature vector (at most 512; D/2 per block).
+    seed: seed of the projection matrices.
+    """
+
+    grid: tuple[int, ...]
+    dim: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        if not 1 <= len(self.grid) <= 3 or min(self.grid) < 1:
+            raise ValueError(f"feature grid must have 1 to 3 positive sides, got {self.grid}")
+        if not 1 <= self.dim <= MAX_DIM:
+            raise ValueError(f"feature dimension must be between 1 and {MAX_DIM}, got {self.dim}")
+
+    @classmethod
+    def for_shape(
+        cls, shape: tuple[int, ...], cells: int = 64, dim: int = 256, seed: int = 0
+    ) -> FeatureSettings:
+        """About `cells` pooling cells in the aspect ratio of spectra of `shape` (*S), at
+        most one per encoder pixel (S / 4) along each axis."""
+        shape = tuple(int(s) for s in shape)
+        if not shape or min(shape) < 1:
+            raise ValueError(f"invalid spectrum shape {shape}")
+        factor = (cells / math.prod(shape)) ** (1 / len(shape))
+        grid = tuple(max(1, min(round(s * factor), math.ceil(s / 4))) for s in shape)
+        return cls(grid, dim, seed)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"grid": list(self.grid)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FeatureSettings:
+        return cls(tuple(values["grid"]), int(values["dim"]), int(values["seed"]))
+
+
+def random_projection(n_in: int, dim: int, seed: int) -> torch.Tensor | None:
+    """The (n_in, dim) Gaussian projection with entries N(0, 1/dim), or None (identity)
+    when n_in <= dim. Drawn on the CPU from `seed`: the same matrix on every machine."""
+    if n_in <= dim:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n_in, dim, generator=g) / math.sqrt(dim)
+
+
+def pooled_blocks(h: torch.Tensor, grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder output h (B, C, *S') -> content (B, 2C): per-channel mean and standard
+    deviation over all positions; layout (B, C * prod(grid)): per-channel cell means."""
+    flat = h.flatten(2)
+    content = torch.cat([flat.mean(-1), flat.std(-1, unbiased=False)], dim=1)
+    layout = _POOL[h.dim() - 2](h, grid).flatten(1)
+    return content, layout
+
+
+class FeatureExtractor:
+    """Feature vectors (n, D) of spectra from one generator's encoder: the content block
+    (first `blocks[0]` numbers), then the layout block (`blocks[1]`)."""
+
+    def __init__(
+        self,
+        generator: ResnetGenerator,
+        scale: IntensityScale | None,
+        settings: FeatureSettings,
+        max_voxels: int = 2**21,
+    ) -> None:
+        if len(settings.grid) != generator.dim:
+            raise ValueError(
+                f"feature grid {settings.grid} is {len(settings.grid)}D but the generator "
+                f"works on {generator.dim}D spectra"
+            )
+        self.generator = generator.eval()
+        self.scale, self.settings, self.max_voxels = scale, settings, max_voxels
+        self.dim = generator.dim
+        self.layer = encoder_layer_names(generator.n_blocks)[-1]
+        channels = generator.layer_channels([self.layer])[0]
+        half = max(1, settings.dim // 2)
+        raw = (2 * channels, channels * math.prod(settings.grid))
+        # one projection per block, from seeds derived from the settings' seed
+        self.projections = [
+            random_projection(n, half, settings.seed * 2 + i) for i, n in enumerate(raw)
+        ]
+        self.blocks = tuple(
+            n if p is None else half for n, p in zip(raw, self.projections, strict=True)
+        )
+
+    @property
+    def n_features(self) -> int:
+        """D, the length of each feature vector."""
+        return sum(self.blocks)
+
+    def __call__(self, spectra: np.ndarray) -> np.ndarray:
+        """Spectra (n, *S) in the source domain's intensity units (NaN = masked) ->
+        features (n, D) float32."""
+        spectra = self._checked(spectra)
+        if self.scale is None:
+            raise ValueError("this feature extractor has no intensity scale: pass normalised")
+        return self.normalised(self.scale.transform(spectra))
+
+    def normalised(self, z: np.ndarray) -> np.ndarray:
+        """Already normalised spectra (n, *S) (NaN = masked) -> features (n, D) float32."""
+        z = np.nan_to_num(self._checked(z), nan=0.0)
+        device = next(self.generator.parameters()).device
+        batch = max(1, self.max_voxels // math.prod(z.shape[1:]))
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(z), batch):
+                x = torch.from_numpy(np.ascontiguousarray(z[start : start + batch]))
+                _, (h,) = self.generator(x[:, None].to(device), [self.layer], encode_only=True)
+                parts = pooled_blocks(h.float(), self.settings.grid)
+                rows = [
+                    part.cpu() if projection is None else part.cpu() @ projection
+                    for part, projection in zip(parts, self.projections, strict=True)
+                ]
+                out.append(torch.cat(rows, dim=1).numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def _checked(self, spectra: np.ndarray) -> np.ndarray:
+        spectra = np.asarray(spectra, dtype=np.float32)
+        if spectra.ndim != self.dim + 1 or len(spectra) == 0:
+            raise ValueError(
+                f"expected a stack (n, *S) of {self.dim}D spectra, got shape {spectra.shape}"
+            )
+        if np.isinf(spectra).any():
+            raise ValueError("input contains infinite values (use NaN for masked pixels)")
+        return spectra
+
+
+def encoder_features(
+    generator: ResnetGenerator,
+    scale: IntensityScale | None,
+    spectra: np.ndarray,
+    settings: FeatureSettings | None = None,
+) -> np.ndarray:
+    """Feature vectors (n, D) float32 of spectra (n, *S) from `generator`'s encoder.
+
+    Spectra are in the source domain's intensity units and normalised with `scale`, or
+    already normalised when `scale` is None. `settings` default to
+    `FeatureSettings.for_shape(S)`; pass the same settings for every set to be compared."""
+    spectra = np.asarray(spectra, dtype=np.float32)
+    if spectra.ndim != generator.dim + 1:
+        raise ValueError(
+            f"expected a stack (n, *S) of {generator.dim}D spectra, got shape {spectra.shape}"
+        )
+    if settings is None:
+        settings = FeatureSettings.for_shape(spectra.shape[1:])
+    extractor = FeatureExtractor(generator, scale, settings)
+    return extractor(spectra) if scale is not None else extractor.normalised(spectra)

@@ -1,0 +1,347 @@
+"""The applicability domain: Sinkhorn distances against closed forms, batching and seeds,
+calibrated zones, encoder features in 1D/2D/3D, files, the figure and the command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from exp2sim.applicability import (
+    VERDICTS,
+    ApplicabilityDomain,
+    FeatureExtractor,
+    FeatureSettings,
+    encoder_features,
+    ridgeline,
+    rms_spread,
+    sinkhorn_distances,
+)
+from exp2sim.applicability.sinkhorn import (
+    DEFAULT_BLUR,
+    block_scales,
+    sinkhorn_batch,
+    subset_indices,
+)
+from exp2sim.cli import app
+from exp2sim.gan.checkpoint import load_state, read_info, save_state
+from exp2sim.gan.networks import ResnetGenerator
+from exp2sim.gan.normalisation import IntensityScale
+from exp2sim.gan.synthetic import blur, sharp_spectra
+from exp2sim.gan.train import CHECKPOINT
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks and batches run faster on one thread on shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def gaussian(n, d, seed, shift=0.0):
+    x = np.random.default_rng(seed).normal(size=(n, d))
+    x[:, 0] += shift
+    return x.astype(np.float32)
+
+
+# ---- Sinkhorn ------------------------------------------------------------------------------
+def test_identical_points_vs_one_cost_half_the_squared_distance():
+    x, y = gaussian(1, 6, 0), gaussian(2, 6, 1)
+    train = np.repeat(x, 20, axis=0)
+    expected = 0.5 * np.sum((x - y) ** 2, axis=1)
+    for debias in (False, True):
+        d = sinkhorn_distances(train, y, 20, 5, scale=1.0, debias=debias)
+        np.testing.assert_allclose(d, np.repeat(expected[:, None], 5, 1), rtol=1e-4)
+
+
+def test_one_point_vs_one_point_and_exact_wasserstein_for_a_point_input():
+    x, y = gaussian(2, 5, 0), gaussian(1, 5, 1)
+    d = sinkhorn_distances(x, y, points=1, repeats=40, scale=1.0)[0]
+    each = 0.5 * np.sum((x - y) ** 2, axis=1)
+    nearest = np.abs(d[:, None] - each[None]).min(axis=1)
+    assert np.all(nearest <= 1e-5 * each.max()) and len(np.unique(d.round(4))) == 2
+    # 20 random points vs one: the plan is forced, so the cost is the exact W2^2 / 2
+    train, inputs = gaussian(100, 8, 2), gaussian(3, 8, 3)
+    d = sinkhorn_distances(train, inputs, 20, 50, seed=4, scale=2.0)
+    idx = subset_indices(100, 20, 50, seed=4)
+    exact = 0.5 * np.sum((train[idx][None] - inputs[:, None, None]) ** 2, -1).mean(-1) / 4
+    np.testing.assert_allclose(d, exact, rtol=1e-4)
+
+
+def test_distance_grows_with_the_shift_of_a_gaussian_cloud_and_is_dimensionless():
+    train = gaussian(400, 16, 0)
+    spread = rms_spread(train)
+    shifts = [0.0, 1.0, 2.0, 4.0]
+    inputs = np.concatenate([gaussian(1, 16, 10 + i, k * spread) for i, k in enumerate(shifts)])
+    inputs[0] = train.mean(0)  # at the centre: only the subsets' own spread is left
+    means = sinkhorn_distances(train, inputs, repeats=300).mean(axis=1)
+    assert np.all(np.diff(means) > 0)
+    # averaged over random subsets: half the mean squared distance to all training points,
+    # (|y - m|^2 / s^2 + 1) / 2 with s the RMS spread (so 1/2 at the centre m)
+    closed = 0.5 * (np.sum((inputs - train.mean(0)) ** 2, axis=1) / spread**2 + 1)
+    np.testing.assert_allclose(means, closed, rtol=0.03)
+    assert closed[-1] > 8  # 4 spreads away
+    # dimensionless: rescaling every feature leaves the distances unchanged
+    scaled = sinkhorn_distances(1000 * train, 1000 * inputs, repeats=300).mean(axis=1)
+    np.testing.assert_allclose(scaled, means, rtol=1e-4)
+
+
+def test_batched_equals_a_loop_over_repeats_and_inputs():
+    train, inputs = gaussian(60, 12, 0), gaussian(4, 12, 1, shift=2.0)
+    d = sinkhorn_distances(train, inputs, 20, 30, seed=3)
+    scale = rms_spread(train)
+    idx = subset_indices(60, 20, 30, seed=3)
+    x_all, y_all = torch.from_numpy(train / scale), torch.from_numpy(inputs / scale)
+    for i in range(len(inputs)):
+        for r in range(30):
+            one = sinkhorn_batch(x_all[idx[r]][None], y_all[i][None, None], DEFAULT_BLUR, 50.0)
+            assert float(one) == pytest.approx(d[i, r], rel=1e-5)
+    # chunking and the company of other inputs change nothing
+    np.testing.assert_allclose(sinkhorn_distances(train, inputs, 20, 30, 3, chunk=7), d, 1e-6)
+    alone = np.concatenate(
+        [sinkhorn_distances(train, inputs[i : i + 1], 20, 30, 3) for i in [0, 3]]
+    )
+    np.testing.assert_allclose(alone, d[[0, 3]], rtol=1e-6)
+
+
+def test_same_seed_same_numbers():
+    train, inputs = gaussian(50, 8, 0), gaussian(2, 8, 1)
+    a = sinkhorn_distances(train, inputs, 20, 100, seed=7)
+    assert np.array_equal(a, sinkhorn_distances(train, inputs, 20, 100, seed=7))
+    assert not np.array_equal(a, sinkhorn_distances(train, inputs, 20, 100, seed=8))
+    idx = subset_indices(50, 20, 100, seed=7)
+    assert all(len(set(row)) == 20 for row in idx)  # without replacement
+
+
+def test_blocks_are_scaled_to_equal_weight_and_bad_input_is_refused():
+    x = np.concatenate([1000 * gaussian(300, 3, 0), gaussian(300, 5, 1)], axis=1)
+    scaled = x / block_scales(x, (3, 5))
+    assert rms_spread(scaled[:, :3]) == pytest.approx(rms_spread(scaled[:, 3:]))
+    assert rms_spread(scaled) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="do not split"):
+        block_scales(x, (3, 4))
+    with pytest.raises(ValueError, match="same D"):
+        sinkhorn_distances(x, x[:, :4])
+    with pytest.raises(ValueError, match="points must be between"):
+        sinkhorn_distances(x[:10], x[:1], points=20)
+    with pytest.raises(ValueError, match="identical"):
+        sinkhorn_distances(np.ones((5, 3)), np.zeros((1, 3)), points=2)
+
+
+# ---- zones -----------------------------------------------------------------------------------
+def test_zones_are_ordered_and_calibrated_on_held_out_data():
+    train, heldout = gaussian(400, 16, 0), gaussian(100, 16, 1)
+    domain = ApplicabilityDomain.calibrate(train, heldout, repeats=200, seed=1)
+    t1, t2 = domain.thresholds
+    assert 0 < t1 < t2 and t2 == pytest.approx(2 * t1)
+    assert domain.verdict([t1, t2, t2 * 1.001]) == list(VERDICTS)
+    fresh = domain.assess(gaussian(200, 16, 2), repeats=100)
+    assert fresh.distances.shape == (200, 100)
+    assert fresh.verdicts.count("trustworthy") >= 0.85 * 200  # 95 % expected
+    assert fresh.verdicts.count("untrustworthy") <= 2
+    spread = domain.scale[0]
+    nearby = domain.assess(gaussian(50, 16, 3, shift=1.5 * spread), repeats=100)
+    assert nearby.verdicts.count("expert opinion") >= 35
+    far = domain.assess(gaussian(50, 16, 4, shift=4 * spread), repeats=100)
+    assert far.verdicts == ["untrustworthy"] * 50
+    rows = far.summary()
+    assert rows[0]["q05"] <= rows[0]["q50"] <= rows[0]["q95"]
+    assert rows[0]["mean"] == pytest.approx(far.distances[0].mean())
+
+
+def test_save_load_round_trip(tmp_path):
+    train, heldout = gaussian(80, 10, 0), gaussian(20, 10, 1)
+    domain = ApplicabilityDomain.calibrate(
+        train, heldout, repeats=50, blocks=(4, 6), settings=FeatureSettings((3, 5), 10, 2)
+    )
+    domain.save(tmp_path / "d.safetensors")
+    back = ApplicabilityDomain.load(tmp_path / "d.safetensors")
+    assert back.thresholds == domain.thresholds and back.settings == domain.settings
+    assert back.calibration == domain.calibration
+    np.testing.assert_array_equal(back.bank, domain.bank)
+    np.testing.assert_array_equal(back.scale, domain.scale)
+    np.testing.assert_array_equal(back.heldout_distances, domain.heldout_distances)
+    x = gaussian(3, 10, 5, shift=3.0)
+    assert np.array_equal(back.assess(x).distances, domain.assess(x).distances)
+    with pytest.raises(ValueError, match="no generator attached"):
+        back.assess_spectra(np.zeros((1, 8)))
+    save_state(tmp_path / "other.safetensors", {"w": torch.zeros(2)}, {"format": "x"})
+    with pytest.raises(ValueError, match="not an exp2sim applicability file"):
+        ApplicabilityDomain.load(tmp_path / "other.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not an exp2sim checkpoint"):
+        ApplicabilityDomain.load(tmp_path / "bad.safetensors")
+
+
+# ---- features --------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(40,), (20, 28), (12, 16, 20)])
+def test_features_in_every_dimension(shape):
+    torch.manual_seed(0)
+    g = ResnetGenerator(len(shape), ngf=4, n_blocks=2)
+    x = sharp_spectra(3, shape, seed=0, mask_fraction=0.25)
+    settings = FeatureSettings.for_shape(shape, dim=32)
+    scale = IntensityScale.fit(x)
+    f = encoder_features(g, scale, x, settings)
+    extractor = FeatureExtractor(g, scale, settings)
+    # content block: 2 x 16 channels; layout: 16 channels x cells, projected to 16
+    assert extractor.blocks == (16, 16) and f.shape == (3, 32) and f.dtype == np.float32
+    assert np.isfinite(f).all()
+    # the same numbers one by one, from normalised input, and with masked pixels as zeros
+    one = np.concatenate([encoder_features(g, scale, x[i : i + 1], settings) for i in range(3)])
+    np.testing.assert_allclose(one, f, rtol=1e-4, atol=1e-4)
+    z = np.nan_to_num(scale.transform(x), nan=0.0)
+    np.testing.assert_allclose(encoder_features(g, None, z, settings), f, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=f"{len(shape)}D spectra"):
+        encoder_features(g, scale, x[0], settings)
+
+
+def test_layout_block_sees_where_features_are_and_content_block_what():
+    """A line moved along the spectrum: the layout features change, the content ones hardly
+    (convolutions are translation-equivariant)."""
+    torch.manual_seed(1)
+    g = ResnetGenerator(1, ngf=4, n_blocks=2)
+    x = np.zeros((2, 128), np.float32)
+    x[0, 30:34] = x[1, 90:94] = 1.0
+    extractor = FeatureExtractor(g, None, FeatureSettings((8,), dim=512))
+    f = extractor.normalised(x)
+    n = extractor.blocks[0]
+    content, layout = f[:, :n], f[:, n:]
+
+    def rel(a):
+        return np.linalg.norm(a[0] - a[1]) / np.linalg.norm(a[0])
+
+    assert rel(content) < 0.01 and rel(layout) > 0.2
+
+
+def test_grid_follows_the_aspect_ratio():
+    assert FeatureSettings.for_shape((240, 400)).grid == (6, 10)  # one cell per MAPS tile
+    assert FeatureSettings.for_shape((60, 60, 60)).grid == (4, 4, 4)
+    assert FeatureSettings.for_shape((20,)).grid == (5,)  # at most one cell per encoder pixel
+    with pytest.raises(ValueError, match="at most 512|between 1 and 512"):
+        FeatureSettings((4,), dim=1000)
+
+
+# ---- figure ----------------------------------------------------------------------------------
+def test_ridgeline_figure_is_written(tmp_path):
+    rng = np.random.default_rng(0)
+    sets = {
+        "held-out": rng.normal(1.0, 0.1, (20, 100)),
+        "shifted": rng.normal(2.0, 0.2, (5, 100)),
+        "far": rng.normal(80.0, 3.0, 100),
+    }
+    path = ridgeline(sets, (1.2, 2.4), tmp_path / "r.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    ridgeline({"one": np.full(10, 1.0)}, (1.2, 2.4), tmp_path / "lin.png")  # linear axis
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lin.png", "r.png"]
+    with pytest.raises(ValueError, match="thresholds"):
+        ridgeline(sets, (2.0, 1.0), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="nothing to plot"):
+        ridgeline({}, (1.0, 2.0), tmp_path / "x.png")
+
+
+# ---- a run and the command -------------------------------------------------------------------
+TINY = {
+    "ngf": 4,
+    "n_blocks": 2,
+    "ndf": 4,
+    "d_layers": 2,
+    "nce_patches": 16,
+    "nce_units": 8,
+    "crop": 16,
+    "nce_layers": ["down1", "down2", "block1", "block2"],
+    "epochs": 1,
+    "epochs_decay": 0,
+}
+SHAPE = (48,)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 1D run trained for one iteration by `exp2sim train` (60 spectra per domain, 6 of
+    them held out)."""
+    root = tmp_path_factory.mktemp("app")
+    np.save(root / "a.npy", blur(sharp_spectra(60, SHAPE, seed=0, width=1.0), 1.5))
+    np.save(root / "b.npy", sharp_spectra(60, SHAPE, seed=1, width=1.0))
+    toml = root / "tiny.toml"
+    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items()))
+    args = ["train", str(root / "a.npy"), str(root / "b.npy"), "--out", str(root / "run")]
+    res = runner.invoke(app, [*args, "--preset", str(toml), "--max-iterations", "1"])
+    assert res.exit_code == 0, res.output
+    return root
+
+
+def _applicability(run, *args):
+    return runner.invoke(app, ["applicability", "--run", str(run), *map(str, args)])
+
+
+def test_command_prints_verdicts_and_reuses_its_calibration(tiny_run, tmp_path):
+    run = tiny_run / "run"
+    np.save(tmp_path / "new.npy", blur(sharp_spectra(8, SHAPE, seed=5, width=1.0), 1.5))
+    np.save(tmp_path / "blank.npy", np.zeros(SHAPE, np.float32))  # one spectrum, no stack
+    plot = tmp_path / "fig.png"
+    res = _applicability(
+        run, tmp_path / "new.npy", tmp_path / "blank.npy", "--format", "json", "--plot", plot
+    )
+    assert res.exit_code == 0, res.output
+    assert "calibrated the applicability domain" in res.stderr
+    report = json.loads(res.stdout)
+    t1, t2 = report["thresholds"]["trustworthy"], report["thresholds"]["untrustworthy"]
+    assert 0 < t1 < t2
+    rows = report["inputs"]
+    assert len(rows) == 9 and {r["verdict"] for r in rows} <= set(VERDICTS)
+    new = [r["verdict"] for r in rows[:8]]
+    assert new.count("trustworthy") >= 5 and new.count("untrustworthy") == 0
+    assert rows[8]["index"] is None and rows[8]["verdict"] == "untrustworthy"
+    assert all(r["q05"] <= r["q50"] <= r["q95"] for r in rows)
+    assert plot.stat().st_size > 10_000
+    assert ApplicabilityDomain.path_for(run, "exp2sim").exists()
+    # second use: the saved calibration, same numbers; a table by default
+    again = _applicability(run, tmp_path / "new.npy", "--format", "json")
+    assert "using the applicability calibration" in again.stderr
+    assert json.loads(again.stdout)["inputs"] == rows[:8]
+    table = _applicability(run, tmp_path / "blank.npy", "--repeats", "100")
+    assert table.exit_code == 0 and "untrustworthy" in table.stdout
+
+
+def test_command_rejects_bad_input(tiny_run, tmp_path):
+    run = tiny_run / "run"
+    np.save(tmp_path / "2d.npy", np.zeros((2, 5, 5), np.float32))
+    for args, message in [
+        ((tmp_path / "2d.npy",), "1D spectra"),
+        ((tmp_path / "missing.npy",), "no such file"),
+        ((tiny_run / "a.npy", "--format", "xml"), "--format"),
+        ((tiny_run / "a.npy", "--direction", "sideways"), "direction"),
+    ]:
+        res = _applicability(run, *args)
+        assert res.exit_code == 2, res.output
+        assert message in res.stderr and "Traceback" not in res.output
+        assert len(res.stderr.strip().splitlines()) == 1
+    res = _applicability(tmp_path, tiny_run / "a.npy")
+    assert res.exit_code == 2 and "not a training run" in res.stderr
+
+
+def test_changed_weights_are_detected_and_recalibrated(tiny_run, tmp_path):
+    run = tiny_run / "run"
+    first = ApplicabilityDomain.for_run(run, "sim2exp", repeats=100)
+    path = ApplicabilityDomain.path_for(run, "sim2exp")
+    assert first.checkpoint["file"] == CHECKPOINT and first.direction == "sim2exp"
+    assert first.calibration["n_heldout"] == 6 and first.bank.shape[0] == 54
+    # more training changes the weights
+    state, info = load_state(run / CHECKPOINT)
+    state["model"]["G_B.stem_conv.1.weight"] += 0.01
+    save_state(run / CHECKPOINT, state, info)
+    assert read_info(run / CHECKPOINT) == info
+    with pytest.raises(ValueError, match="weights changed since the applicability calibration"):
+        ApplicabilityDomain.load(path, run=run)
+    messages = []
+    second = ApplicabilityDomain.for_run(run, "sim2exp", repeats=100, log=messages.append)
+    assert "weights changed" in messages[0] and "calibrated" in messages[0]
+    assert second.checkpoint["weights_sha256"] != first.checkpoint["weights_sha256"]
+    reloaded = ApplicabilityDomain.load(path, run=run)  # now it matches
+    x = sharp_spectra(2, SHAPE, seed=9, width=1.0)
+    assert np.array_equal(reloaded.assess_spectra(x).distances, second.assess_spectra(x).distances)
