@@ -48,8 +48,8 @@ def applicability(
             raise ValueError(f"--plot needs a .png file name, got {str(plot)!r}")
         if repeats < 1 or points < 1:
             raise ValueError("--repeats and --points must be at least 1")
-        dim = _run_dim(run)
-        sets = {str(path): _read(path, dim) for path in inputs}  # bad input fails fast
+        dim, axes = _run_dim(run, direction)
+        sets = {str(path): _read(path, dim, axes) for path in inputs}  # bad input fails fast
         # zones calibrated once per run with the defaults: verdicts use each input's mean
         # distance, whose expectation depends on neither repeats, seed nor points
         domain = ApplicabilityDomain.for_run(run, direction, log=_note)
@@ -90,21 +90,26 @@ def _note(message: str) -> None:
     err_console.print(message, highlight=False, markup=False)
 
 
-def _run_dim(run: Path) -> int:
-    """The dimension of the spectra a run was trained on."""
+def _run_dim(run: Path, direction: str) -> tuple[int, dict | None]:
+    """The run's spectrum dimension and the axes of the direction's source domain."""
     from exp2sim.gan.checkpoint import read_info
     from exp2sim.gan.train import CHECKPOINT
 
     if not (run / CHECKPOINT).exists():
         raise ValueError(f"{run}: not a training run (no {CHECKPOINT})")
-    return int(read_info(run / CHECKPOINT)["data"]["dim"])
+    data = read_info(run / CHECKPOINT)["data"]
+    axes = data.get("axes_a" if direction == "exp2sim" else "axes_b")
+    return int(data["dim"]), axes
 
 
-def _read(path: Path, dim: int) -> np.ndarray:
-    """A file's spectra as a stack (n, *S) of `dim`-dimensional spectra."""
-    from exp2sim.readers import read_spectra_file
+def _read(path: Path, dim: int, axes: dict | None = None) -> np.ndarray:
+    """A file's spectra as a stack (n, *S) of `dim`-dimensional spectra, whose axes (when
+    both the file and the run have them) match the run's."""
+    from exp2sim.readers import check_compatible, read_spectra_file
 
     file = read_spectra_file(path)
+    if axes is not None:
+        check_compatible(file, None, axes, str(path), ndim=dim)
     spectra = file.signal
     if spectra.ndim == dim and file.stacked is not True:
         spectra = spectra[None]

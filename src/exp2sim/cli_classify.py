@@ -79,6 +79,16 @@ def read_training_sets(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[
     return np.concatenate(spectra), np.concatenate(labels), classes
 
 
+def _training_axes(paths: list[Path]) -> dict[str, np.ndarray] | None:
+    """The training files' axes (bin centres), checked to agree; None for pixel axes."""
+    from exp2sim.readers import check_compatible, read_spectra_file
+
+    files = [read_spectra_file(p) for p in paths]
+    for path, f in zip(paths[1:], files[1:], strict=True):
+        check_compatible(f, None, files[0].axes, f"training dataset {path}")
+    return files[0].axes
+
+
 def _train(paths: list[Path], out: Path, epochs: int | None, seed: int | None, device: str) -> None:
     import dataclasses
 
@@ -95,6 +105,7 @@ def _train(paths: list[Path], out: Path, epochs: int | None, seed: int | None, d
         f"{config.epochs} epochs"
     )
     clf = DUQClassifier(config)
+    clf.axes = _training_axes(paths)
     with progress_bar("training", "status") as bar:
         task = bar.add_task("train", total=config.epochs, status="")
 
@@ -118,10 +129,12 @@ def _train(paths: list[Path], out: Path, epochs: int | None, seed: int | None, d
 
 def _classify(model: Path, input: Path, deconvolve: Path | None, fmt: str, device: str) -> None:
     from exp2sim.classifier import DUQClassifier
-    from exp2sim.readers import read_spectra
+    from exp2sim.readers import check_compatible, read_spectra_file
 
     clf = DUQClassifier.load(model, device=device)
-    spectra = read_spectra(input)
+    file = read_spectra_file(input)
+    check_compatible(file, clf.input_shape, clf.axes, str(input))
+    spectra = file.signal
     if deconvolve is not None:
         from exp2sim.gan.translate import Translator
 

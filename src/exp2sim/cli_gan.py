@@ -143,13 +143,17 @@ def translate(
     with user_errors():
         from exp2sim.fileio import write_npy_atomic
         from exp2sim.gan.translate import Translator
-        from exp2sim.readers import HDF5_SUFFIXES, read_spectra
+        from exp2sim.readers import HDF5_SUFFIXES, check_compatible, read_spectra_file
 
         to_hdf5 = out.suffix in HDF5_SUFFIXES
         if not (out.suffix == ".npy" or (to_hdf5 and input.suffix in HDF5_SUFFIXES)):
             raise ValueError(f"{out}: write .npy, or .h5 when the input is an HDF5 file")
         translator = Translator.from_run(run, direction, checkpoint, device, max_voxels=max_voxels)
-        result = translator(read_spectra(input))
+        file = read_spectra_file(input)
+        if to_hdf5 and file.source == "mantid-mdhisto":
+            raise ValueError(f"{out}: write .npy for a Mantid input (its layout is not NXdata)")
+        check_compatible(file, None, translator.axes, str(input), ndim=translator.dim)
+        result = translator(file.signal)
         if to_hdf5:
             _write_translated_h5(input, out, result, run, direction)
         else:

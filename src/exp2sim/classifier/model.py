@@ -151,6 +151,9 @@ class DUQClassifier:
         self.network: DUQNetwork | None = None
         self.classes: list[str] = []
         self.input_shape: tuple[int, ...] | None = None
+        # bin centres per axis of the training spectra, when known (set before `save`);
+        # inputs with other axes are refused (exp2sim.readers.check_compatible)
+        self.axes: dict[str, np.ndarray] | None = None
         self.mask: np.ndarray | None = None  # S bool, True = no data in any training spectrum
         self.history: list[dict[str, Any]] = []
         self.device = torch.device("cpu")
@@ -338,6 +341,7 @@ class DUQClassifier:
             "classes": self.classes,
             "input_shape": list(self.input_shape),
             "history": self.history,
+            "axes": None if self.axes is None else {k: v.tolist() for k, v in self.axes.items()},
         }
         save_state(directory / WEIGHTS, state, info)
         write_text_atomic(directory / CONFIG, json.dumps(self.config.to_dict(), indent=2) + "\n")
@@ -357,6 +361,8 @@ class DUQClassifier:
         clf.classes = list(info["classes"])
         clf.input_shape = tuple(info["input_shape"])
         clf.history = list(info["history"])
+        axes = info.get("axes")
+        clf.axes = None if axes is None else {k: np.asarray(v) for k, v in axes.items()}
         state, _ = load_state(path)
         clf.mask = state["mask"].numpy().astype(bool)
         if clf.mask.shape != clf.input_shape:

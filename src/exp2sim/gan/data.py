@@ -14,18 +14,20 @@ import numpy as np
 import torch
 
 from exp2sim.gan.normalisation import IntensityScale
-from exp2sim.readers import read_spectra
+from exp2sim.readers import SpectraFile, read_spectra_file
 
 
-def load_domain(path: str | Path) -> np.ndarray:
-    """Spectra (n, *S) of one domain: an exp2sim/NeXus HDF5 dataset, a .npy stack (n, *S)
-    or a folder of .npy files (one spectrum each)."""
-    spectra = read_spectra(path)
-    if spectra.ndim < 2 or spectra.ndim > 4:
+def load_domain(path: str | Path) -> SpectraFile:
+    """Spectra (n, *S) of one domain, with their axes when the file has them: an
+    exp2sim/NeXus HDF5 dataset, a .npy stack (n, *S) or a folder of .npy files (one
+    spectrum each)."""
+    file = read_spectra_file(path)
+    if file.signal.ndim < 2 or file.signal.ndim > 4:
         raise ValueError(
-            f"{path}: expected a stack of 1D, 2D or 3D spectra (n, *S), got shape {spectra.shape}"
+            f"{path}: expected a stack of 1D, 2D or 3D spectra (n, *S), got shape "
+            f"{file.signal.shape}"
         )
-    return spectra
+    return file
 
 
 @dataclass

@@ -67,9 +67,11 @@ class RunData:
     b: Domain
     dim: int
     crop: tuple[int, ...]
+    axes_a: dict[str, np.ndarray] | None = None  # bin centres, when the files have axes
+    axes_b: dict[str, np.ndarray] | None = None
 
     def info(self) -> dict:
-        return {
+        info = {
             "dim": self.dim,
             "crop": list(self.crop),
             "shape_a": list(self.a.train.shape[1:]),
@@ -77,13 +79,18 @@ class RunData:
             "scale_a": self.a.scale.to_dict(),
             "scale_b": self.b.scale.to_dict(),
         }
+        for key, axes in (("axes_a", self.axes_a), ("axes_b", self.axes_b)):
+            if axes is not None:  # inputs to translate are checked against them
+                info[key] = {k: np.asarray(v).tolist() for k, v in axes.items()}
+        return info
 
 
 def prepare_data(
     config: TrainConfig, path_a: str | Path, path_b: str | Path, saved: dict | None = None
 ) -> RunData:
     """Load, split and normalise both domains (with the saved scales when resuming)."""
-    spectra_a, spectra_b = load_domain(path_a), load_domain(path_b)
+    file_a, file_b = load_domain(path_a), load_domain(path_b)
+    spectra_a, spectra_b = file_a.signal, file_b.signal
     if spectra_a.ndim != spectra_b.ndim:
         raise ValueError(
             f"domain A holds {spectra_a.ndim - 1}D spectra but domain B "
@@ -101,7 +108,7 @@ def prepare_data(
             f"too small for a {config.d_layers}-layer discriminator (needs "
             f"{config.min_crop()} pixels per axis): lower d_layers or use larger spectra"
         )
-    return RunData(a, b, spectra_a.ndim - 1, crop)
+    return RunData(a, b, spectra_a.ndim - 1, crop, file_a.axes, file_b.axes)
 
 
 class Trainer:

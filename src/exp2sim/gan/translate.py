@@ -75,6 +75,8 @@ class Translator:
         self.dim = generator.dim
         self.source, self.target = source, target
         self.precision, self.max_voxels, self.overlap = precision, max_voxels, overlap
+        # bin centres of the source domain's training spectra (None: pixel axes or unknown)
+        self.axes: dict[str, np.ndarray] | None = None
 
     @classmethod
     def from_run(
@@ -112,13 +114,16 @@ class Translator:
             ) from None
         data = info["data"]
         kwargs.setdefault("precision", config.precision)
-        return cls(
+        translator = cls(
             generator,
             IntensityScale(**data[src]),
             IntensityScale(**data[tgt]),
             device=pick_device(device),
             **kwargs,
         )
+        axes = data.get(f"axes_{src[-1]}")
+        translator.axes = None if axes is None else {k: np.asarray(v) for k, v in axes.items()}
+        return translator
 
     def __call__(self, spectra: np.ndarray) -> np.ndarray:
         """Translate one spectrum (*S) or a stack (n, *S) with dim(S) = the run's dimension.
