@@ -34,13 +34,7 @@ from exp2sim.gan.train import CHECKPOINT
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks and batches run faster on one thread on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian(n, d, seed, shift=0.0):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_GAN
 from typer.testing import CliRunner
 
 from exp2sim.classifier import (
@@ -23,13 +24,7 @@ SHAPE = (32, 48)  # energy x q of the synthetic spectra
 CLASSES = ["acoustic", "optical"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run faster on one thread when the two cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dispersions(n: int, shape=SHAPE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -331,16 +326,7 @@ def test_classify_deconvolves_with_a_gan_run_first(cli_model):
     root = cli_model
     x, _ = dispersions(4, seed=12)
     np.save(root / "gan.npy", x)
-    tiny = {
-        "ngf": 4,
-        "n_blocks": 2,
-        "ndf": 4,
-        "d_layers": 2,
-        "nce_patches": 16,
-        "nce_units": 8,
-        "crop": 16,
-        "nce_layers": ("down1", "down2", "block1", "block2"),
-    }
+    tiny = TINY_GAN
     config = TrainConfig(**tiny, epochs=1, epochs_decay=0, iterations_per_epoch=1)
     Trainer.new(config, root / "gan.npy", root / "gan.npy", root / "run").fit()
     res = runner.invoke(
@@ -371,7 +357,7 @@ def test_classify_deconvolves_with_a_gan_run_first(cli_model):
         (["--train", "a.h5", "--model", "cls", "x.npy"], "either --train"),
         (["--train", "a.h5"], "needs --out"),
         (["--model", "cls"], "needs the INPUT"),
-        (["--model", "cls", "wrong.npy"], "trained on (32, 48)"),
+        (["--model", "cls", "wrong.npy"], "the model's (32, 48)"),
         (["--model", "cls", "one.npy", "--format", "xml"], "unknown --format"),
         (["--model", "nowhere", "one.npy"], "not a classifier"),
         (["--train", "missing.h5", "--out", "x"], "no such file"),

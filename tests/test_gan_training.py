@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_GAN
 from typer.testing import CliRunner
 
 from exp2sim.cli import app
@@ -24,16 +25,7 @@ from exp2sim.gan.train import CHECKPOINT, Trainer
 from exp2sim.gan.translate import Translator
 
 runner = CliRunner()
-TINY = {
-    "ngf": 4,
-    "n_blocks": 2,
-    "ndf": 4,
-    "d_layers": 2,
-    "nce_patches": 16,
-    "nce_units": 8,
-    "crop": 16,
-    "nce_layers": ("down1", "down2", "block1", "block2"),
-}
+TINY = TINY_GAN
 SIGMA = 3.0  # the known blur (pixels) of the learning task
 
 

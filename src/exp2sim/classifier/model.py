@@ -29,6 +29,7 @@ from exp2sim.fileio import write_text_atomic
 from exp2sim.gan.checkpoint import load_state, read_info, save_state
 from exp2sim.gan.normalisation import IntensityScale
 from exp2sim.gan.train import pick_device
+from exp2sim.settings import from_dict
 
 WEIGHTS = "classifier.safetensors"
 CONFIG = "config.json"
@@ -88,11 +89,7 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ClassifierConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown classifier setting(s): {', '.join(unknown)}")
-        return cls(**values)
+        return from_dict(cls, values, "classifier setting(s)")
 
 
 def normalise(

@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from exp2sim.settings import from_dict
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -98,11 +100,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        return cls(**values)
+        return from_dict(cls, values, "training option(s)")
 
     def replace(self, **changes: object) -> TrainConfig:
         return dataclasses.replace(self, **changes)
