@@ -1,0 +1,146 @@
+"""The configuration of one evaluation (`exp2sim evaluate`, `exp2sim demo`): one dataclass,
+saved as `config.json` in the report directory.
+
+Two presets: `demo` (a 2-core CPU within 15 minutes) and `paper` (the paper's scale, for a
+GPU node). A TOML file overrides fields of a preset:
+
+    preset = "demo"          # the preset to start from (default: demo)
+    n_train = 200
+    [gan]                    # fields of exp2sim.gan.config.TrainConfig
+    epochs = 5
+    [classifier]             # fields of exp2sim.classifier.ClassifierConfig
+    epochs = 30
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exp2sim.settings import from_dict
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class EvaluationConfig:
+    """Everything that defines an evaluation run.
+
+    Datasets (per model, 240 x 400 MAPS mosaics of the PCSMO experiment):
+      n_train: unconvolved training spectra (classifier "unconvolved", GAN domain B);
+      n_train_convolved: Monte Carlo-convolved training spectra (classifier "convolved",
+        GAN domain A), drawn with another seed, so the GAN's two domains are unpaired;
+      n_test: test spectra, each simulated with and without resolution (paired).
+    n_mc: integration points per bin of convolved spectra. seed: seeds every draw.
+    gan / classifier: overrides of the GAN's TrainConfig (after `gan_preset`) and of the
+    classifier's ClassifierConfig. gan_iterations: stop GAN training after this many
+    iterations (0: train for the configured epochs).
+    n_outliers: spectra per out-of-distribution set (digits, photographs, artefacts,
+    negative control, Rb2MnF4). applicability_repeats / _points: the Sinkhorn distance
+    distribution (repeats of `points` random training examples).
+    volume: settings of the 3D example (empty: no 3D example), see `VolumeExample`.
+    """
+
+    name: str = "demo"
+    models: tuple[str, ...] = ("goodenough", "dimer")
+    n_train: int = 100
+    n_train_convolved: int = 40
+    n_test: int = 25
+    n_mc: int = 4
+    seed: int = 0
+    workers: int = 0  # local Dask workers (0: one per core)
+    gan_preset: str = "small"
+    gan: dict = field(default_factory=dict)
+    gan_iterations: int = 0
+    classifier: dict = field(default_factory=dict)
+    rl_iterations: int = 30
+    n_outliers: int = 10
+    applicability_repeats: int = 1000
+    applicability_points: int = 20
+    volume: dict = field(default_factory=dict)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.models = tuple(self.models)
+        for name in ("n_train", "n_train_convolved", "n_test", "n_mc", "n_outliers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if len(self.models) < 2:
+            raise ValueError("an evaluation needs at least two models to classify")
+        if self.n_train_convolved < 4 or self.n_test < 2:
+            raise ValueError("n_train_convolved must be >= 4 and n_test >= 2")
+        if self.applicability_points < 1 or self.applicability_repeats < 1:
+            raise ValueError("applicability_points and applicability_repeats must be >= 1")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EvaluationConfig:
+        return from_dict(cls, d, "evaluation settings")
+
+
+PRESETS: dict[str, dict] = {
+    # A 2-core CPU, no GPU: everything in about 10 minutes. A narrower, shallower GAN
+    # with a higher learning rate, so that ~1,500 iterations already learn something.
+    "demo": {
+        "gan": {
+            "ngf": 16,
+            "n_blocks": 4,
+            "ndf": 16,
+            "nce_layers": ["down1", "down2", "block1", "block3"],
+            "crop": 48,
+            "lr": 5e-4,
+            "epochs": 6,
+            "epochs_decay": 4,
+            "iterations_per_epoch": 150,
+            "fid_every": 2,
+            "figure_every": 5,
+        },
+    },
+    # The paper's scale (GPU node): thousands of spectra, the paper's GAN, 400 epochs.
+    "paper": {
+        "name": "paper",
+        "n_train": 2500,
+        "n_train_convolved": 1000,
+        "n_test": 500,
+        "n_mc": 16,
+        "gan_preset": "paper",
+        "gan": {"epochs": 200, "epochs_decay": 200, "crop": 256, "iterations_per_epoch": 500},
+        "classifier": {"epochs": 60},
+        "n_outliers": 50,
+        "volume": {"n_train": 400, "n_test": 20, "shape": [60, 60, 60], "ei": 140.0},
+    },
+}
+
+
+def load_config(spec: str | Path) -> EvaluationConfig:
+    """A preset name (demo, paper) or a TOML file of overrides (see the module docstring)."""
+    spec = str(spec)
+    if spec in PRESETS:
+        return EvaluationConfig.from_dict(dict(PRESETS[spec]))
+    path = Path(spec)
+    if path.suffix != ".toml":
+        raise ValueError(f"unknown evaluation config {spec!r}: use demo, paper or a .toml file")
+    try:
+        overrides = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    base = overrides.pop("preset", "demo")
+    if base not in PRESETS:
+        raise ValueError(f"{path}: unknown preset {base!r}")
+    merged = json.loads(json.dumps(PRESETS[base]))
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return EvaluationConfig.from_dict(merged)

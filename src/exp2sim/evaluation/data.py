@@ -1,0 +1,132 @@
+"""The evaluation's datasets: simulated with `exp2sim.spectra` (resumable Dask jobs) and
+kept under REPORT/data/, so a second run reuses them.
+
+Per model: unconvolved training spectra, convolved training spectra (another seed: the
+GAN's two domains are unpaired), and test spectra simulated twice, with and without
+resolution, from the same parameter sets (paired, for fidelity metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from exp2sim.evaluation.config import EvaluationConfig
+from exp2sim.spectra.dataset import read_dataset
+from exp2sim.spectra.generate import Job, SimulationConfig, _calculator, draw_parameters
+
+Progress = Callable[[str, int, int], None]  # (label, done, total)
+
+
+@dataclass
+class Labelled:
+    """Spectra (n, *S) float32 with NaN where masked, integer labels (n,) into `classes`,
+    and the spin-wave parameters of each spectrum (n, P) (NaN where a model has fewer)."""
+
+    signal: np.ndarray
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    parameters: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.signal)
+
+
+def _sim_config(cfg: EvaluationConfig, model: str, resolution: str, n: int, seed: int):
+    return SimulationConfig(
+        model=model, n=n, kind="mosaic", resolution=resolution, seed=seed, n_mc=cfg.n_mc
+    )
+
+
+def simulate(
+    config: SimulationConfig,
+    out: Path,
+    scheduler: Callable[[], str] | None = None,
+    parameters: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """The spectra (n, *S) of a dataset file, simulated first unless it is complete.
+    `scheduler` returns a Dask scheduler address (a cluster started only when needed)."""
+    if not out.exists() or out.with_name(out.name + ".parts").exists():
+        job = Job(config, out, parameters=parameters)
+        label = f"{Path(config.model).stem} {config.resolution}"
+        job.run(
+            scheduler=scheduler() if scheduler else None,
+            progress=(lambda done, total: progress(label, done, total)) if progress else None,
+        )
+    ds = read_dataset(out)
+    signal = np.array(ds.signal, dtype=np.float32)
+    signal[:, ds.mask] = np.nan
+    return signal
+
+
+def paired_parameters(cfg: EvaluationConfig, model: str, seed: int) -> np.ndarray:
+    """n_test parameter sets that both the unconvolved and the convolved calculators can
+    compute (drawn from the seed, so reproducible)."""
+    conv = _sim_config(cfg, model, "montecarlo", cfg.n_test + max(4, cfg.n_test // 5), seed)
+    params, _ = draw_parameters(conv)
+    unconv = _calculator(_config_json(_sim_config(cfg, model, "none", 1, seed)))
+    params = params[unconv.stable(params)]
+    if len(params) < cfg.n_test:
+        raise ValueError(
+            f"model {model}: too few parameter sets stable with and without resolution"
+        )
+    return params[: cfg.n_test]
+
+
+def _config_json(config: SimulationConfig) -> str:
+    import dataclasses
+    import json
+
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def _stack(parts: list[tuple[np.ndarray, np.ndarray]], classes: tuple[str, ...]) -> Labelled:
+    width = max(p.shape[1] for _, p in parts)
+    padded = [
+        np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=np.nan) for _, p in parts
+    ]
+    labels = np.concatenate([np.full(len(s), i) for i, (s, _) in enumerate(parts)])
+    return Labelled(np.concatenate([s for s, _ in parts]), labels, classes, np.concatenate(padded))
+
+
+def build_datasets(
+    cfg: EvaluationConfig,
+    folder: Path,
+    scheduler: Callable[[], str] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Labelled]:
+    """Simulate (or reuse) the four datasets: train, train_convolved, test,
+    test_convolved (the last two paired row by row)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seeds = {"train": 10 * cfg.seed + 1, "train_convolved": 10 * cfg.seed + 2}
+    test_seed = 10 * cfg.seed + 3
+    out: dict[str, list] = {k: [] for k in ("train", "train_convolved", "test", "test_convolved")}
+    for model in cfg.models:
+        stem = Path(model).stem
+        for split, resolution, n in (
+            ("train", "none", cfg.n_train),
+            ("train_convolved", "montecarlo", cfg.n_train_convolved),
+        ):
+            config = _sim_config(cfg, model, resolution, n, seeds[split])
+            signal = simulate(config, folder / f"{stem}_{split}.h5", scheduler, None, progress)
+            out[split].append((signal, read_dataset(folder / f"{stem}_{split}.h5").parameters))
+        params = _cached_parameters(folder / f"{stem}_test_parameters.npy", cfg, model, test_seed)
+        for split, resolution in (("test", "none"), ("test_convolved", "montecarlo")):
+            config = _sim_config(cfg, model, resolution, cfg.n_test, test_seed)
+            signal = simulate(config, folder / f"{stem}_{split}.h5", scheduler, params, progress)
+            out[split].append((signal, params))
+    return {split: _stack(parts, cfg.models) for split, parts in out.items()}
+
+
+def _cached_parameters(path: Path, cfg: EvaluationConfig, model: str, seed: int) -> np.ndarray:
+    from exp2sim.fileio import write_npy_atomic
+
+    if path.exists():
+        return np.load(path, allow_pickle=False)
+    params = paired_parameters(cfg, model, seed)
+    write_npy_atomic(path, params)
+    return params

@@ -1,0 +1,396 @@
+"""`exp2sim evaluate`: the paper's evaluation, end to end and reproducible.
+
+    simulate (or reuse) datasets -> train the GAN -> train two classifiers (on unconvolved
+    and on convolved spectra) -> translate the test set both ways, and the classical
+    baselines -> accuracies, paired fidelity, applicability -> report
+
+Everything lands in one report directory: `config.json`, `data/` (the simulated datasets),
+`gan/` (a run directory for `exp2sim translate`), `classifier-unconvolved/` and
+`classifier-convolved/` (for `exp2sim classify --model`), `figures/`, `report.md` and
+`metrics.json`. Every stage keeps its results, so an interrupted evaluation started again
+with the same command picks up where it stopped (datasets and GAN training resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from exp2sim.cli_common import progress_bar
+from exp2sim.evaluation import outliers
+from exp2sim.evaluation.config import EvaluationConfig
+from exp2sim.evaluation.data import Labelled, build_datasets, simulate
+from exp2sim.fileio import write_npy_atomic, write_text_atomic
+from exp2sim.spectra.generate import SimulationConfig
+
+MAGNETS = Path(__file__).parent / "magnets"
+NEGATIVE_CONTROL_MAGNETS = (MAGNETS / "square_afm.toml", MAGNETS / "afm_chain.toml")
+
+
+class _Cluster:
+    """A local Dask cluster started on first use (reused datasets need none)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers, self.cluster = workers, None
+
+    def address(self) -> str:
+        if self.cluster is None:
+            import os
+
+            from dask.distributed import LocalCluster
+
+            self.cluster = LocalCluster(
+                n_workers=self.workers or os.cpu_count() or 1,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+            )
+        return self.cluster.scheduler_address
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+class Stages:
+    """Progress bars and wall-clock seconds of the evaluation's stages."""
+
+    def __init__(self, console: Console, show: bool) -> None:
+        self.console, self.show, self.seconds = console, show, {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.console.print(f"[bold]{name}[/]")
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - t0, 1)
+
+    @contextlib.contextmanager
+    def bar(self, label: str) -> Iterator[Callable[[str, int, int], None]]:
+        """A progress callback (task label, done, total) drawing one bar per label."""
+        with progress_bar(label, "what", self.show) as bar:
+            tasks: dict[str, int] = {}
+
+            def update(what: str, done: int, total: int) -> None:
+                if what not in tasks:
+                    tasks[what] = bar.add_task(label, total=total, what=what)
+                bar.update(tasks[what], completed=done, total=total)
+
+            yield update
+
+
+# ------------------------------------------------------------------------------ stages
+def check_config(cfg: EvaluationConfig, out: Path) -> None:
+    """Write config.json, or check that an existing report used the same configuration."""
+    path = out / "config.json"
+    if path.exists():
+        saved, now = json.loads(path.read_text()), json.loads(json.dumps(cfg.to_dict()))
+        if saved != now:
+            changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+            raise ValueError(
+                f"{out} holds an evaluation with another configuration (differs in "
+                f"{', '.join(changed) or 'fields'}): use another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def outlier_spectra(
+    cfg: EvaluationConfig, data: dict[str, Labelled], folder: Path, cluster, progress
+) -> dict[str, np.ndarray]:
+    """The applicability study's inputs beyond the test sets (n_outliers each)."""
+    n, seed = cfg.n_outliers, 10 * cfg.seed + 5
+    reference = data["train_convolved"].signal
+
+    def sim(model: str | Path, count: int, offset: int) -> np.ndarray:
+        config = SimulationConfig(
+            model=str(model), n=count, resolution="montecarlo", seed=seed + offset, n_mc=cfg.n_mc
+        )
+        return simulate(config, folder / f"{Path(model).stem}_outliers.h5", cluster, None, progress)
+
+    rb2mnf4 = sim("rb2mnf4", n, 0)
+    per_magnet = max(2, -(-n // len(NEGATIVE_CONTROL_MAGNETS)))
+    sources = [rb2mnf4] + [
+        sim(m, per_magnet, i + 1) for i, m in enumerate(NEGATIVE_CONTROL_MAGNETS)
+    ]
+    return {
+        "artefacts": outliers.with_artefacts(data["test_convolved"].signal[:n], seed),
+        "Rb2MnF4": rb2mnf4,
+        "negative control": outliers.negative_control(sources, n, blocks=6, seed=seed),
+        "photographs": outliers.photographs(n, reference, seed),
+        "digits": outliers.digits(n, reference, seed),
+    }
+
+
+def train_gan(cfg: EvaluationConfig, data: dict[str, Labelled], out: Path, stages: Stages) -> Path:
+    """Train (or resume, or reuse) the GAN: domain A = convolved training spectra of every
+    model, domain B = unconvolved ones. Returns the run directory."""
+    from exp2sim.gan.config import load_preset
+    from exp2sim.gan.train import CHECKPOINT, Trainer
+
+    run = out / "gan"
+    paths = {}
+    for domain, split in (("a", "train_convolved"), ("b", "train")):
+        paths[domain] = out / "data" / f"gan_domain_{domain}.npy"
+        if not paths[domain].exists():
+            write_npy_atomic(paths[domain], data[split].signal)
+    if (run / CHECKPOINT).exists():
+        trainer = Trainer.resume(run)
+    else:
+        config = load_preset(cfg.gan_preset).replace(seed=cfg.seed, device=cfg.device, **cfg.gan)
+        trainer = Trainer.new(config, paths["a"], paths["b"], run)
+    per_epoch = trainer.iterations_per_epoch
+    total = trainer.total_epochs * per_epoch
+    with stages.bar("GAN") as update:
+        done = trainer.epoch * per_epoch + trainer.iteration
+
+        def progress(s: dict) -> None:
+            nonlocal done
+            done += 1
+            update(f"epoch {s['epoch'] + 1}/{trainer.total_epochs}", done, total)
+
+        trainer.fit(progress)
+    return run
+
+
+def train_classifier(
+    cfg: EvaluationConfig, train: Labelled, folder: Path, stages: Stages, label: str
+):
+    """Train (or reuse) a DUQ classifier on labelled spectra, saved in `folder`."""
+    from exp2sim.classifier import ClassifierConfig, DUQClassifier
+
+    if (folder / "config.json").exists():
+        with contextlib.suppress(ValueError):
+            return DUQClassifier.load(folder)
+    config = ClassifierConfig(**{"seed": cfg.seed, "device": cfg.device, **cfg.classifier})
+    with stages.bar(label) as update:
+        model = DUQClassifier(config).fit(
+            train.signal,
+            train.labels,
+            list(train.classes),
+            progress=lambda entry: update("epochs", entry["epoch"], config.epochs),
+        )
+    model.save(folder)
+    return model
+
+
+# ------------------------------------------------------------------------------ the run
+def run_evaluation(
+    cfg: EvaluationConfig, out: str | Path, console: Console | None = None, show: bool = True
+) -> dict:
+    """Run every stage and write the report; returns the metrics (also in metrics.json)."""
+    from exp2sim.evaluation import baselines, metrics
+    from exp2sim.evaluation.report import write_report
+    from exp2sim.gan.translate import Translator
+
+    out = Path(out)
+    console = console or Console(stderr=True)
+    stages = Stages(console, show)
+    t0 = time.perf_counter()
+    check_config(cfg, out)
+    cluster = _Cluster(cfg.workers)
+    try:
+        with stages.stage("Simulating spectra"), stages.bar("simulating") as update:
+            data = build_datasets(cfg, out / "data", cluster.address, update)
+            extra = outlier_spectra(cfg, data, out / "data", cluster.address, update)
+    finally:
+        cluster.close()
+    with stages.stage("Training the GAN"):
+        gan_run = train_gan(cfg, data, out, stages)
+    with stages.stage("Training the classifiers"):
+        cls_unconvolved = train_classifier(
+            cfg, data["train"], out / "classifier-unconvolved", stages, "classifier (unconvolved)"
+        )
+        cls_convolved = train_classifier(
+            cfg,
+            data["train_convolved"],
+            out / "classifier-convolved",
+            stages,
+            "classifier (convolved)",
+        )
+    test, test_conv = data["test"], data["test_convolved"]
+    with stages.stage("Translating the test set and the baselines"):
+        exp2sim = Translator.from_run(gan_run, "exp2sim", device=cfg.device)
+        sim2exp = Translator.from_run(gan_run, "sim2exp", device=cfg.device)
+        deconvolved = exp2sim(test_conv.signal)
+        convolved = sim2exp(test.signal)
+        blur = baselines.ResolutionBlur.for_config(SimulationConfig(kind="mosaic"))
+        blurred = baselines.gaussian_convolve(test.signal, blur)
+        lucy = baselines.richardson_lucy_deconvolve(test_conv.signal, blur, cfg.rl_iterations)
+    truth = test.labels
+
+    def acc(model, spectra: np.ndarray) -> float:
+        return metrics.accuracy(model.predict(spectra), truth)
+
+    with stages.stage("Classifying"):
+        forward = {
+            "unconvolved (truth)": acc(cls_unconvolved, test.signal),
+            "convolved": acc(cls_unconvolved, test_conv.signal),
+            "GAN-deconvolved": acc(cls_unconvolved, deconvolved),
+            "Richardson-Lucy": acc(cls_unconvolved, lucy),
+        }
+        reverse = {
+            "convolved (truth)": acc(cls_convolved, test_conv.signal),
+            "unconvolved": acc(cls_convolved, test.signal),
+            "GAN-convolved": acc(cls_convolved, convolved),
+            "Gaussian blur": acc(cls_convolved, blurred),
+        }
+
+    def fidelity(pairs: dict[str, np.ndarray], reference: np.ndarray) -> dict:
+        """Mean PSNR and SSIM of each method's spectra against the reference, pair by pair."""
+        scores = {}
+        for name, x in pairs.items():
+            both = list(zip(x, reference, strict=True))
+            scores[name] = {
+                "psnr": float(np.mean([metrics.psnr(a, b) for a, b in both])),
+                "ssim": float(np.mean([metrics.ssim(a, b) for a, b in both])),
+            }
+        return scores
+
+    with stages.stage("Paired fidelity"):
+        fid_deconv = fidelity(
+            {"GAN": deconvolved, "Richardson-Lucy": lucy, "convolved input": test_conv.signal},
+            test.signal,
+        )
+        fid_conv = fidelity(
+            {"GAN": convolved, "Gaussian blur": blurred, "unconvolved input": test.signal},
+            test_conv.signal,
+        )
+    with stages.stage("Applicability"):
+        applicability = assess_applicability(cfg, gan_run, data, extra, out, stages)
+    results = {
+        "config": cfg.name,
+        "n_test": len(test),
+        "classes": list(test.classes),
+        "accuracy_classifier_unconvolved": forward,
+        "accuracy_classifier_convolved": reverse,
+        "gap_closed_deconvolution": metrics.gap_closed(
+            forward["unconvolved (truth)"], forward["convolved"], forward["GAN-deconvolved"]
+        ),
+        "gap_closed_deconvolution_richardson_lucy": metrics.gap_closed(
+            forward["unconvolved (truth)"], forward["convolved"], forward["Richardson-Lucy"]
+        ),
+        "gap_closed_convolution": metrics.gap_closed(
+            reverse["convolved (truth)"], reverse["unconvolved"], reverse["GAN-convolved"]
+        ),
+        "gap_closed_convolution_gaussian_blur": metrics.gap_closed(
+            reverse["convolved (truth)"], reverse["unconvolved"], reverse["Gaussian blur"]
+        ),
+        "fidelity_deconvolution": fid_deconv,
+        "fidelity_convolution": fid_conv,
+        **applicability["metrics"],
+    }
+    with stages.stage("Figures and report"):
+        from exp2sim.evaluation import figures
+
+        fig_dir = out / "figures"
+        fig_dir.mkdir(exist_ok=True)
+        figures.translations(
+            fig_dir / "deconvolution.png",
+            {
+                "convolved (input)": test_conv.signal[0],
+                "GAN-deconvolved": deconvolved[0],
+                "Richardson-Lucy": lucy[0],
+                "unconvolved (truth)": test.signal[0],
+            },
+        )
+        figures.translations(
+            fig_dir / "convolution.png",
+            {
+                "unconvolved (input)": test.signal[0],
+                "GAN-convolved": convolved[0],
+                "Gaussian blur": blurred[0],
+                "Monte Carlo (truth)": test_conv.signal[0],
+            },
+        )
+        applicability["figure"](fig_dir / "applicability.png")
+        results["seconds"] = {**stages.seconds, "total": round(time.perf_counter() - t0, 1)}
+        write_text_atomic(out / "metrics.json", json.dumps(_plain(results), indent=2) + "\n")
+        write_report(out, cfg, results)
+    return results
+
+
+def assess_applicability(
+    cfg: EvaluationConfig,
+    gan_run: Path,
+    data: dict[str, Labelled],
+    extra: dict[str, np.ndarray],
+    out: Path,
+    stages: Stages,
+) -> dict:
+    """Distance distributions of every set to the GAN's training set (Exp2Sim encoder),
+    verdict counts, and the ROC AUC of each set against the convolved test set."""
+    from exp2sim.applicability import ApplicabilityDomain, ridgeline
+    from exp2sim.evaluation import metrics
+
+    domain = ApplicabilityDomain.for_run(
+        gan_run,
+        "exp2sim",
+        points=cfg.applicability_points,
+        repeats=cfg.applicability_repeats,
+        seed=cfg.seed,
+        device=cfg.device,
+    )
+    n = cfg.n_outliers
+    sets = {
+        "training set": data["train_convolved"].signal[:n],
+        "test (convolved)": data["test_convolved"].signal,
+        "test (unconvolved)": data["test"].signal[:n],
+        **extra,
+    }
+    distances, summary = {}, {}
+    with stages.bar("applicability") as update:
+        for i, (name, spectra) in enumerate(sets.items()):
+            result = domain.assess_spectra(
+                spectra,
+                repeats=cfg.applicability_repeats,
+                points=cfg.applicability_points,
+                seed=cfg.seed,
+            )
+            distances[name] = result.distances
+            means = result.distances.mean(axis=1)
+            summary[name] = {
+                "mean": float(means.mean()),
+                "std": float(means.std()),
+                "verdicts": {v: int(np.sum(np.asarray(result.verdicts) == v)) for v in _VERDICTS},
+            }
+            update("sets", i + 1, len(sets))
+    reference = distances["test (convolved)"].mean(axis=1)
+    auc = {
+        name: metrics.roc_auc(reference, d.mean(axis=1))
+        for name, d in distances.items()
+        if name != "test (convolved)"
+    }
+    flat = {
+        "applicability": summary,
+        "applicability_thresholds": [float(t) for t in domain.thresholds],
+        "auc": auc,
+        "auc_digits": auc["digits"],
+        "auc_photos": auc["photographs"],
+    }
+    return {
+        "metrics": flat,
+        "figure": lambda path: ridgeline(distances, domain.thresholds, path),
+    }
+
+
+_VERDICTS = ("trustworthy", "expert opinion", "untrustworthy")
+
+
+def _plain(obj):
+    """JSON-ready copy (NumPy scalars to Python, NaN to None)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

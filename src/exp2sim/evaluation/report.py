@@ -1,0 +1,117 @@
+"""The evaluation's Markdown summary (every number also in metrics.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from exp2sim.evaluation.config import EvaluationConfig
+from exp2sim.fileio import write_text_atomic
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.1f} %"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def render(cfg: EvaluationConfig, m: dict) -> str:
+    """The report as Markdown text."""
+    out = [
+        f"# exp2sim evaluation: `{cfg.name}` configuration",
+        "",
+        f"Classes: {', '.join(m['classes'])}. Test set: {m['n_test']} spectra (240 x 400 "
+        f"MAPS mosaics), each simulated without and with Monte Carlo resolution "
+        f"({cfg.n_mc} points per bin). Training: {cfg.n_train} unconvolved and "
+        f"{cfg.n_train_convolved} convolved spectra per model (unpaired).",
+        "",
+        "## Classification accuracy",
+        "",
+        "Classifier trained on **unconvolved** spectra (deconvolution direction):",
+        "",
+    ]
+    fwd = m["accuracy_classifier_unconvolved"]
+    out += _table(["test data", "accuracy"], [[k, _pct(v)] for k, v in fwd.items()])
+    out += [
+        "",
+        f"Gap closed by the GAN: **{_pct(m['gap_closed_deconvolution'])}** "
+        f"(Richardson-Lucy: {_pct(m['gap_closed_deconvolution_richardson_lucy'])}).",
+        "",
+        "Classifier trained on **convolved** spectra (convolution direction):",
+        "",
+    ]
+    rev = m["accuracy_classifier_convolved"]
+    out += _table(["test data", "accuracy"], [[k, _pct(v)] for k, v in rev.items()])
+    out += [
+        "",
+        f"Gap closed by the GAN: **{_pct(m['gap_closed_convolution'])}** "
+        f"(Gaussian blur: {_pct(m['gap_closed_convolution_gaussian_blur'])}).",
+        "",
+        "Gap closed = (accuracy after - accuracy before) / (truth - before); undefined "
+        "(n/a) when the classifier loses nothing on the other domain.",
+        "",
+        "## Paired fidelity (unmasked pixels, mean over the test set)",
+        "",
+        "Deconvolution, against the true unconvolved spectra:",
+        "",
+    ]
+    for key in ("fidelity_deconvolution", "fidelity_convolution"):
+        rows = [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.3f}"] for k, v in m[key].items()]
+        out += _table(["method", "PSNR (dB)", "SSIM"], rows)
+        if key == "fidelity_deconvolution":
+            out += ["", "Convolution, against the Monte Carlo-convolved spectra:", ""]
+    lo, hi = m["applicability_thresholds"]
+    out += [
+        "",
+        "## Applicability (Exp2Sim encoder, Sinkhorn distance to 20 random training "
+        f"examples, {cfg.applicability_repeats} repeats)",
+        "",
+        f"Zones calibrated on held-out training data: trustworthy <= {lo:.3g} < expert "
+        f"opinion <= {hi:.3g} < untrustworthy.",
+        "",
+    ]
+    rows = []
+    for name, s in m["applicability"].items():
+        v = s["verdicts"]
+        auc = m["auc"].get(name)
+        rows.append(
+            [
+                name,
+                f"{s['mean']:.3g} +- {s['std']:.2g}",
+                f"{v['trustworthy']} / {v['expert opinion']} / {v['untrustworthy']}",
+                "-" if auc is None else f"{auc:.3f}",
+            ]
+        )
+    out += _table(
+        ["inputs", "mean distance", "trustworthy / expert / untrustworthy", "ROC AUC vs test"],
+        rows,
+    )
+    out += [
+        "",
+        "## Figures",
+        "",
+        "![deconvolution](figures/deconvolution.png)",
+        "",
+        "![convolution](figures/convolution.png)",
+        "",
+        "![applicability](figures/applicability.png)",
+        "",
+    ]
+    if "figure_3d" in m:
+        out += ["![3D](figures/volume.png)", ""]
+    secs = m.get("seconds", {})
+    out += ["## Time (s, wall clock)", ""]
+    out += _table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in secs.items()])
+    out += [
+        "",
+        "Models kept for reuse: `gan/` (`exp2sim translate --run`), "
+        "`classifier-unconvolved/` and `classifier-convolved/` (`exp2sim classify --model`).",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write_report(out: Path, cfg: EvaluationConfig, metrics: dict) -> None:
+    write_text_atomic(out / "report.md", render(cfg, metrics))

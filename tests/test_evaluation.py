@@ -1,0 +1,185 @@
+"""The evaluation pipeline's parts: configuration, out-of-distribution inputs, report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exp2sim.evaluation import outliers
+from exp2sim.evaluation.config import EvaluationConfig, load_config
+
+
+def _reference(n: int = 6, shape: tuple[int, ...] = (60, 40), seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.gamma(2.0, 1.0, size=(n, *shape)).astype(np.float32)
+    x[:, :5] = np.nan  # a masked band, as the detector gaps of real data
+    return x
+
+
+# ------------------------------------------------------------------------------ config
+def test_presets_and_toml_overrides(tmp_path):
+    demo, paper = load_config("demo"), load_config("paper")
+    assert demo.name == "demo" and paper.gan_preset == "paper"
+    assert paper.n_train > demo.n_train
+    f = tmp_path / "c.toml"
+    f.write_text('preset = "paper"\nn_test = 7\n[gan]\nepochs = 3\n')
+    cfg = load_config(f)
+    assert cfg.n_test == 7 and cfg.gan["epochs"] == 3
+    assert cfg.gan["crop"] == 256  # the preset's other GAN fields are kept
+    assert cfg.n_train == paper.n_train
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("n_tset = 3\n", "unknown evaluation settings: n_tset"),
+        ("n_test = 0\n", "n_test must be at least 1"),
+        ('models = ["goodenough"]\n', "at least two models"),
+        ("n_test = [\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_one_clear_error(tmp_path, text, message):
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(f)
+    with pytest.raises(ValueError, match="unknown evaluation config"):
+        load_config("papper")
+
+
+def test_changed_config_refuses_an_existing_report(tmp_path):
+    from exp2sim.evaluation.pipeline import check_config
+
+    check_config(EvaluationConfig(), tmp_path)
+    check_config(EvaluationConfig(), tmp_path)  # the same: fine (resume)
+    with pytest.raises(ValueError, match="differs in n_test"):
+        check_config(EvaluationConfig(n_test=3), tmp_path)
+
+
+# ------------------------------------------------------------------------------ outliers
+@pytest.mark.parametrize("make", [outliers.digits, outliers.photographs])
+def test_far_outliers_look_like_spectra_in_size_scale_and_mask(make):
+    ref = _reference()
+    x = make(17, ref, seed=1)
+    assert x.shape == (17, *ref.shape[1:]) and x.dtype == np.float32
+    assert np.array_equal(np.isnan(x[0]), np.isnan(ref).all(axis=0))
+    q_ref = np.percentile(ref[np.isfinite(ref)], 99)
+    assert np.nanmax(x) == pytest.approx(q_ref, rel=1e-5)  # images span [0, q_ref]
+    assert not np.allclose(x[0], x[1], equal_nan=True)  # different images
+    assert np.array_equal(make(17, ref, seed=1), x, equal_nan=True)  # seeded
+
+
+def test_photographs_beyond_the_bundled_ones_are_new_crops():
+    ref = _reference()
+    x = outliers.photographs(len(outliers.PHOTOGRAPHS) + 1, ref, seed=0)
+    assert not np.allclose(x[0], x[-1], equal_nan=True)
+
+
+def test_outliers_for_1d_and_3d_spectra():
+    for shape in [(50,), (12, 10, 8)]:
+        ref = np.random.default_rng(0).random((3, *shape)).astype(np.float32)
+        assert outliers.digits(2, ref).shape == (2, *shape)
+        assert outliers.photographs(2, ref).shape == (2, *shape)
+
+
+def test_artefacts_add_background_noise_spurions_and_dead_pixels():
+    clean = np.full((4, 60, 40), 10.0, dtype=np.float32)
+    clean[:, ::7] = 0.0
+    clean[:, :, 0] = np.nan  # masked pixels stay masked
+    dirty = outliers.with_artefacts(clean, seed=3)
+    assert dirty.shape == clean.shape
+    dead = np.isnan(dirty)
+    assert 0.005 < dead.mean() < 0.1  # 1 % of pixels plus one detector line
+    assert all(np.isnan(d).all(axis=0).any() for d in dirty)  # a whole dead line each
+    ok = ~dead & (clean > 0)
+    assert np.nanmean(dirty[ok]) > 10.0  # background on top
+    assert np.std(dirty[ok] - clean[ok]) > 1.0  # counting noise
+    assert np.nanmax(dirty) > 1.5 * np.nanmax(clean)  # spurions
+    assert np.array_equal(outliers.with_artefacts(clean, seed=3), dirty, equal_nan=True)
+
+
+def test_negative_control_takes_each_row_block_from_another_magnet():
+    sources = [np.full((3, 12, 5), float(i), dtype=np.float32) for i in range(3)]
+    x = outliers.negative_control(sources, n=4, blocks=6, seed=0)
+    assert x.shape == (4, 12, 5)
+    blocks = x[:, ::2, 0]  # one value per row block (2 rows each)
+    assert np.all(blocks[:, 1:] != blocks[:, :-1])  # neighbours from different magnets
+    assert {int(v) for v in np.unique(blocks)} == {0, 1, 2}
+    with pytest.raises(ValueError, match="do not split"):
+        outliers.negative_control(sources, n=1, blocks=5)
+
+
+# ------------------------------------------------------------------------------ end to end
+TINY = """
+name = "tiny"
+n_train = 6
+n_train_convolved = 4
+n_test = 3
+n_mc = 1
+n_outliers = 3
+applicability_repeats = 50
+applicability_points = 4
+rl_iterations = 5
+[gan]
+ngf = 8
+n_blocks = 2
+ndf = 8
+d_layers = 2
+nce_layers = ["down1", "down2", "block1", "block2"]
+nce_patches = 32
+nce_units = 32
+crop = 32
+epochs = 1
+epochs_decay = 1
+iterations_per_epoch = 8
+[classifier]
+epochs = 2
+"""
+
+
+def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
+    """`exp2sim demo --config tiny.toml`: every stage, report, metrics and models; the
+    second run reuses everything (no simulation, no training)."""
+    import json
+    import subprocess
+    import sys
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "exp2sim", "demo", "--out", str(out), "--config", str(config)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("gap_closed_deconvolution", "gap_closed_convolution", "auc_digits", "auc_photos"):
+        assert key in m
+    for table in ("accuracy_classifier_unconvolved", "accuracy_classifier_convolved"):
+        assert all(0.0 <= v <= 1.0 for v in m[table].values())
+    assert set(m["applicability"]) >= {"digits", "photographs", "Rb2MnF4", "negative control"}
+    report = (out / "report.md").read_text()
+    assert "Gap closed by the GAN" in report and "ROC AUC" in report
+    for png in ("deconvolution", "convolution", "applicability"):
+        assert (out / "figures" / f"{png}.png").stat().st_size > 10_000
+    summary = json.loads((out / "spinwaves" / "summary.json").read_text())
+    assert summary["goodenough_gamma_max_deviation_from_spinw_meV"] < 0.06
+    # the kept models work from the command line
+    spectrum = out / "one.npy"
+    from exp2sim.spectra.dataset import read_dataset
+
+    ds = read_dataset(out / "data" / "goodenough_test_convolved.h5")
+    x = ds.signal[0].copy()
+    x[ds.mask] = np.nan
+    np.save(spectrum, x)
+    classify = ["classify", "--model", str(out / "classifier-unconvolved"), str(spectrum)]
+    classify += ["--deconvolve", str(out / "gan"), "--format", "json"]
+    cls = subprocess.run(
+        [sys.executable, "-m", "exp2sim", *classify], capture_output=True, text=True, check=False
+    )
+    assert cls.returncode == 0, cls.stderr
+    assert set(json.loads(cls.stdout)["certainties"]) == {"goodenough", "dimer"}
+    # run again: everything is reused, so it is quick and gives the same numbers
+    again = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    m2 = json.loads((out / "metrics.json").read_text())
+    assert m2["accuracy_classifier_unconvolved"] == m["accuracy_classifier_unconvolved"]
+    assert m2["seconds"]["Simulating spectra"] < 15
