@@ -126,11 +126,22 @@ def test_malformed_toml_from_a_real_process(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_demo_writes_figures_and_agrees_with_spinw(tmp_path):
-    res = run("demo", "--out", str(tmp_path / "demo"))
-    assert res.exit_code == 0, res.output
+def test_demo_spin_waves_write_figures_and_agree_with_spinw(tmp_path):
+    """The demo's first part (the whole demo runs in tests/test_evaluation.py)."""
+    from rich.console import Console
+
+    from exp2sim.demo import spin_waves
+
+    spin_waves(tmp_path / "demo", Console(quiet=True))
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["goodenough_gamma_max_deviation_from_spinw_meV"] < 0.06
     for name in ("goodenough", "dimer"):
         for path in ("h00", "hh0"):
             assert (tmp_path / "demo" / f"{name}_{path}.png").stat().st_size > 10_000
+
+
+def test_demo_with_a_bad_config_fails_before_any_work(tmp_path):
+    res = run("demo", "--out", str(tmp_path / "demo"), "--config", "nonsense")
+    assert res.exit_code == 2
+    assert "unknown evaluation config" in res.output
+    assert not (tmp_path / "demo").exists()
