@@ -145,3 +145,12 @@ def test_demo_with_a_bad_config_fails_before_any_work(tmp_path):
     assert res.exit_code == 2
     assert "unknown evaluation config" in res.output
     assert not (tmp_path / "demo").exists()
+
+
+def test_evaluate_refuses_a_bad_config_in_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("n_tset = 3\n")
+    res = run("evaluate", "--config", str(bad), "--out", str(tmp_path / "r"))
+    assert res.exit_code == 2
+    assert "unknown evaluation settings: n_tset" in res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -134,6 +134,13 @@ epochs_decay = 1
 iterations_per_epoch = 8
 [classifier]
 epochs = 2
+[volume]
+shape = [16, 16, 16]
+n_train = 3
+n_train_convolved = 3
+n_test = 1
+[volume.gan]
+crop = 16
 """
 
 
@@ -158,7 +165,10 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     assert set(m["applicability"]) >= {"digits", "photographs", "Rb2MnF4", "negative control"}
     report = (out / "report.md").read_text()
     assert "Gap closed by the GAN" in report and "ROC AUC" in report
-    for png in ("deconvolution", "convolution", "applicability"):
+    assert m["volume"]["shape"] == [16, 16, 16]
+    assert np.isfinite(m["volume"]["psnr_deconvolution"]["GAN"])
+    assert "3D example" in report
+    for png in ("deconvolution", "convolution", "applicability", "volume"):
         assert (out / "figures" / f"{png}.png").stat().st_size > 10_000
     summary = json.loads((out / "spinwaves" / "summary.json").read_text())
     assert summary["goodenough_gamma_max_deviation_from_spinw_meV"] < 0.06
@@ -183,3 +193,16 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     m2 = json.loads((out / "metrics.json").read_text())
     assert m2["accuracy_classifier_unconvolved"] == m["accuracy_classifier_unconvolved"]
     assert m2["seconds"]["Simulating spectra"] < 15
+
+
+def test_a_reused_dataset_must_match_the_settings(tmp_path):
+    from exp2sim.evaluation.data import simulate
+    from exp2sim.spectra.generate import SimulationConfig
+
+    config = SimulationConfig(model="goodenough", n=2, kind="cut", seed=4, chunk=2)
+    first = simulate(config, tmp_path / "c.h5")
+    assert first.shape[0] == 2
+    assert np.array_equal(simulate(config, tmp_path / "c.h5"), first, equal_nan=True)
+    other = SimulationConfig(model="goodenough", n=2, kind="cut", seed=5, chunk=2)
+    with pytest.raises(ValueError, match=r"other settings \(seed\)"):
+        simulate(other, tmp_path / "c.h5")

@@ -293,3 +293,22 @@ def test_metric_input_errors():
         metrics.roc_auc([], [1.0])
     with pytest.raises(ValueError, match="accuracy of no"):
         metrics.accuracy([], [])
+
+
+def test_gap_closed_interval_brackets_the_estimate_and_narrows_with_more_spectra():
+    from exp2sim.evaluation.metrics import gap_closed, gap_closed_interval
+
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        return rng.random(n) < 0.95, rng.random(n) < 0.6, rng.random(n) < 0.85
+
+    small, large = draw(40), draw(4000)
+    lo_s, hi_s = gap_closed_interval(*small)
+    lo_l, hi_l = gap_closed_interval(*large)
+    est = gap_closed(*(x.mean() for x in large))
+    assert lo_l < est < hi_l
+    assert abs(est - (0.85 - 0.6) / (0.95 - 0.6)) < 0.05  # ~0.71
+    assert (hi_s - lo_s) > 4 * (hi_l - lo_l)  # ~1/sqrt(n)
+    same = np.ones(10, bool)
+    assert np.isnan(gap_closed_interval(same, same, same)[0])  # no gap, ever

@@ -44,7 +44,8 @@ class EvaluationConfig:
     n_outliers: spectra per out-of-distribution set (digits, photographs, artefacts,
     negative control, Rb2MnF4). applicability_repeats / _points: the Sinkhorn distance
     distribution (repeats of `points` random training examples).
-    volume: settings of the 3D example (empty: no 3D example), see `VolumeExample`.
+    volume: the 3D example (empty: none): shape, ei, frequency, n_train, n_train_convolved,
+    n_test and gan overrides; see `pipeline.VOLUME_DEFAULTS`.
     """
 
     name: str = "demo"
@@ -90,6 +91,10 @@ PRESETS: dict[str, dict] = {
     # A 2-core CPU, no GPU: everything in about 10 minutes. A narrower, shallower GAN
     # with a higher learning rate, so that ~1,500 iterations already learn something.
     "demo": {
+        "n_train": 100,
+        "n_train_convolved": 40,
+        "n_test": 20,
+        "n_mc": 1,  # one point per bin: 5.5 % from 16 points on the best-fit mosaic
         "gan": {
             "ngf": 16,
             "n_blocks": 4,
@@ -115,7 +120,14 @@ PRESETS: dict[str, dict] = {
         "gan": {"epochs": 200, "epochs_decay": 200, "crop": 256, "iterations_per_epoch": 500},
         "classifier": {"epochs": 60},
         "n_outliers": 50,
-        "volume": {"n_train": 400, "n_test": 20, "shape": [60, 60, 60], "ei": 140.0},
+        "volume": {
+            "shape": [60, 60, 60],
+            "ei": 140.0,
+            "n_train": 400,
+            "n_train_convolved": 400,
+            "n_test": 20,
+            "gan": {"crop": 48},
+        },
     },
 }
 

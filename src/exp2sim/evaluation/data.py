@@ -8,6 +8,7 @@ resolution, from the same parameter sets (paired, for fidelity metrics).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,11 @@ def simulate(
             progress=(lambda done, total: progress(label, done, total)) if progress else None,
         )
     ds = read_dataset(out)
+    want = json.loads(json.dumps(config.job_key()))
+    have = {k: ds.config.get(k) for k in want}
+    if have != want:
+        changed = ", ".join(sorted(k for k in want if have[k] != want[k]))
+        raise ValueError(f"{out} was simulated with other settings ({changed}): remove it")
     signal = np.array(ds.signal, dtype=np.float32)
     signal[:, ds.mask] = np.nan
     return signal
@@ -79,7 +85,6 @@ def paired_parameters(cfg: EvaluationConfig, model: str, seed: int) -> np.ndarra
 
 def _config_json(config: SimulationConfig) -> str:
     import dataclasses
-    import json
 
     return json.dumps(dataclasses.asdict(config), sort_keys=True)
 

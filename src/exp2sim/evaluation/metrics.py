@@ -129,6 +129,32 @@ def gap_closed(truth_acc: float, before_acc: float, after_acc: float) -> float:
     return (after_acc - before_acc) / (truth_acc - before_acc)
 
 
+def gap_closed_interval(
+    truth_ok: np.ndarray,
+    before_ok: np.ndarray,
+    after_ok: np.ndarray,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """16th and 84th percentiles (a one-sigma interval) of `gap_closed` over bootstrap
+    resamples of the test spectra. truth_ok, before_ok, after_ok: (n,) booleans, whether
+    each test spectrum was classified correctly in each setting (paired: the same spectra).
+    Resamples with no gap (truth == before) are left out; (nan, nan) if all are."""
+    ok = [np.asarray(x, dtype=float).ravel() for x in (truth_ok, before_ok, after_ok)]
+    n = len(ok[0])
+    if n == 0 or any(len(x) != n for x in ok):
+        raise ValueError("gap_closed_interval needs three equally long, non-empty arrays")
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    truth, before, after = (x[idx].mean(axis=1) for x in ok)
+    gap = truth - before
+    keep = gap != 0
+    if not keep.any():
+        return float("nan"), float("nan")
+    closed = (after[keep] - before[keep]) / gap[keep]
+    lo, hi = np.percentile(closed, [16, 84])
+    return float(lo), float(hi)
+
+
 def roc_auc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     """Area under the ROC curve separating out-of-distribution from in-distribution
     examples by a score (higher = more out-of-distribution), in [0, 1]: the probability

@@ -17,6 +17,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from exp2sim.evaluation import outliers
 from exp2sim.evaluation.config import EvaluationConfig
 from exp2sim.evaluation.data import Labelled, build_datasets, simulate
 from exp2sim.fileio import write_npy_atomic, write_text_atomic
-from exp2sim.spectra.generate import SimulationConfig
+from exp2sim.spectra.generate import SimulationConfig, draw_parameters
 
 MAGNETS = Path(__file__).parent / "magnets"
 NEGATIVE_CONTROL_MAGNETS = (MAGNETS / "square_afm.toml", MAGNETS / "afm_chain.toml")
@@ -56,6 +57,7 @@ class _Cluster:
     def close(self) -> None:
         if self.cluster is not None:
             self.cluster.close()
+            self.cluster = None
 
 
 class Stages:
@@ -131,23 +133,29 @@ def outlier_spectra(
 def train_gan(cfg: EvaluationConfig, data: dict[str, Labelled], out: Path, stages: Stages) -> Path:
     """Train (or resume, or reuse) the GAN: domain A = convolved training spectra of every
     model, domain B = unconvolved ones. Returns the run directory."""
-    from exp2sim.gan.config import load_preset
-    from exp2sim.gan.train import CHECKPOINT, Trainer
-
-    run = out / "gan"
     paths = {}
     for domain, split in (("a", "train_convolved"), ("b", "train")):
         paths[domain] = out / "data" / f"gan_domain_{domain}.npy"
         if not paths[domain].exists():
             write_npy_atomic(paths[domain], data[split].signal)
+    return train_gan_run(cfg, paths, out / "gan", cfg.gan, stages, "GAN")
+
+
+def train_gan_run(
+    cfg: EvaluationConfig, paths: dict[str, Path], run: Path, gan: dict, stages: Stages, label: str
+) -> Path:
+    """Train, resume or reuse the GAN run `run` on domains paths["a"], paths["b"]."""
+    from exp2sim.gan.config import load_preset
+    from exp2sim.gan.train import CHECKPOINT, Trainer
+
     if (run / CHECKPOINT).exists():
         trainer = Trainer.resume(run)
     else:
-        config = load_preset(cfg.gan_preset).replace(seed=cfg.seed, device=cfg.device, **cfg.gan)
+        config = load_preset(cfg.gan_preset).replace(seed=cfg.seed, device=cfg.device, **gan)
         trainer = Trainer.new(config, paths["a"], paths["b"], run)
     per_epoch = trainer.iterations_per_epoch
     total = trainer.total_epochs * per_epoch
-    with stages.bar("GAN") as update:
+    with stages.bar(label) as update:
         done = trainer.epoch * per_epoch + trainer.iteration
 
         def progress(s: dict) -> None:
@@ -180,6 +188,109 @@ def train_classifier(
     return model
 
 
+VOLUME_DEFAULTS = {
+    "shape": [24, 24, 24],
+    "ei": 140.0,
+    "frequency": 400.0,
+    "n_train": 12,
+    "n_train_convolved": 12,
+    "n_test": 2,
+    "gan": {},
+}
+
+
+def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) -> dict:
+    """The 3D example (the paper's Fig. 6): (h, k, E) volumes of the last model at one
+    incident energy, unconvolved and convolved (unpaired for training, paired for the test
+    volumes), a 3D GAN (the 2D GAN's settings with `volume["gan"]` on top), and the test
+    volumes translated both ways. Returns PSNRs against the truth and the panels to draw."""
+    from exp2sim.evaluation import metrics
+    from exp2sim.gan.translate import Translator
+
+    v = {**VOLUME_DEFAULTS, **cfg.volume}
+    unknown = set(v) - set(VOLUME_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown volume settings: {', '.join(sorted(unknown))}")
+    model, folder = cfg.models[-1], out / "data"
+    stem, seed = Path(model).stem, 10 * cfg.seed + 6
+
+    def config(resolution: str, n: int, offset: int) -> SimulationConfig:
+        return SimulationConfig(
+            model=model, n=n, kind="volume", resolution=resolution, seed=seed + offset,
+            n_mc=cfg.n_mc, ei=float(v["ei"]), frequency=float(v["frequency"]),
+            shape=tuple(v["shape"]), chunk=2,
+        )  # fmt: skip
+
+    with stages.bar("simulating volumes") as update:
+        train = {
+            name: simulate(
+                config(res, int(v[key]), i),
+                folder / f"{stem}_volume_{name}.h5",
+                cluster.address,
+                None,
+                update,
+            )  # fmt: skip
+            for i, (name, res, key) in enumerate(
+                (("b", "none", "n_train"), ("a", "montecarlo", "n_train_convolved"))
+            )
+        }
+        test_config = config("montecarlo", int(v["n_test"]), 2)
+        params = draw_parameters_cached(folder / f"{stem}_volume_test_parameters.npy", test_config)
+        test = {
+            name: simulate(
+                replace(test_config, resolution=res),
+                folder / f"{stem}_volume_test_{name}.h5",
+                cluster.address,
+                params,
+                update,
+            )  # fmt: skip
+            for name, res in (("unconvolved", "none"), ("convolved", "montecarlo"))
+        }
+    cluster.close()
+    paths = {}
+    for domain, spectra in train.items():
+        paths[domain] = folder / f"volume_domain_{domain}.npy"
+        if not paths[domain].exists():
+            write_npy_atomic(paths[domain], spectra)
+    run = train_gan_run(cfg, paths, out / "gan-3d", {**cfg.gan, **v["gan"]}, stages, "GAN (3D)")
+    deconvolved = Translator.from_run(run, "exp2sim", device=cfg.device)(test["convolved"])
+    convolved = Translator.from_run(run, "sim2exp", device=cfg.device)(test["unconvolved"])
+
+    def psnr(x: np.ndarray, ref: np.ndarray) -> float:
+        return float(np.mean([metrics.psnr(a, b) for a, b in zip(x, ref, strict=True)]))
+
+    return {
+        "metrics": {
+            "model": model,
+            "shape": list(v["shape"]),
+            "ei": float(v["ei"]),
+            "psnr_deconvolution": {
+                "GAN": psnr(deconvolved, test["unconvolved"]),
+                "convolved input": psnr(test["convolved"], test["unconvolved"]),
+            },
+            "psnr_convolution": {
+                "GAN": psnr(convolved, test["convolved"]),
+                "unconvolved input": psnr(test["unconvolved"], test["convolved"]),
+            },
+        },
+        "panels": {
+            "convolved (input)": test["convolved"][0],
+            "GAN-deconvolved": deconvolved[0],
+            "unconvolved (truth)": test["unconvolved"][0],
+            "GAN-convolved": convolved[0],
+        },
+    }
+
+
+def draw_parameters_cached(path: Path, config: SimulationConfig) -> np.ndarray:
+    """The parameter sets of a job, drawn once and kept (for paired datasets)."""
+    if path.exists():
+        return np.load(path, allow_pickle=False)
+    params, _ = draw_parameters(config)
+    write_npy_atomic(path, params)
+    return params
+
+
 # ------------------------------------------------------------------------------ the run
 def run_evaluation(
     cfg: EvaluationConfig, out: str | Path, console: Console | None = None, show: bool = True
@@ -199,6 +310,10 @@ def run_evaluation(
         with stages.stage("Simulating spectra"), stages.bar("simulating") as update:
             data = build_datasets(cfg, out / "data", cluster.address, update)
             extra = outlier_spectra(cfg, data, out / "data", cluster.address, update)
+        volume = None
+        if cfg.volume:
+            with stages.stage("3D example"):
+                volume = volume_example(cfg, out, cluster, stages)
     finally:
         cluster.close()
     with stages.stage("Training the GAN"):
@@ -223,24 +338,26 @@ def run_evaluation(
         blur = baselines.ResolutionBlur.for_config(SimulationConfig(kind="mosaic"))
         blurred = baselines.gaussian_convolve(test.signal, blur)
         lucy = baselines.richardson_lucy_deconvolve(test_conv.signal, blur, cfg.rl_iterations)
-    truth = test.labels
-
-    def acc(model, spectra: np.ndarray) -> float:
-        return metrics.accuracy(model.predict(spectra), truth)
-
     with stages.stage("Classifying"):
-        forward = {
-            "unconvolved (truth)": acc(cls_unconvolved, test.signal),
-            "convolved": acc(cls_unconvolved, test_conv.signal),
-            "GAN-deconvolved": acc(cls_unconvolved, deconvolved),
-            "Richardson-Lucy": acc(cls_unconvolved, lucy),
+        correct_fwd = {
+            "unconvolved (truth)": cls_unconvolved.predict(test.signal) == test.labels,
+            "convolved": cls_unconvolved.predict(test_conv.signal) == test.labels,
+            "GAN-deconvolved": cls_unconvolved.predict(deconvolved) == test.labels,
+            "Richardson-Lucy": cls_unconvolved.predict(lucy) == test.labels,
         }
-        reverse = {
-            "convolved (truth)": acc(cls_convolved, test_conv.signal),
-            "unconvolved": acc(cls_convolved, test.signal),
-            "GAN-convolved": acc(cls_convolved, convolved),
-            "Gaussian blur": acc(cls_convolved, blurred),
+        correct_rev = {
+            "convolved (truth)": cls_convolved.predict(test_conv.signal) == test.labels,
+            "unconvolved": cls_convolved.predict(test.signal) == test.labels,
+            "GAN-convolved": cls_convolved.predict(convolved) == test.labels,
+            "Gaussian blur": cls_convolved.predict(blurred) == test.labels,
         }
+        forward = {k: float(v.mean()) for k, v in correct_fwd.items()}
+        reverse = {k: float(v.mean()) for k, v in correct_rev.items()}
+
+    def interval(correct: dict[str, np.ndarray], after: str) -> list[float]:
+        """One-sigma bootstrap interval of the gap closed (the test set is small)."""
+        truth, before = list(correct)[:2]
+        return list(metrics.gap_closed_interval(correct[truth], correct[before], correct[after]))
 
     def fidelity(pairs: dict[str, np.ndarray], reference: np.ndarray) -> dict:
         """Mean PSNR and SSIM of each method's spectra against the reference, pair by pair."""
@@ -282,6 +399,9 @@ def run_evaluation(
         "gap_closed_convolution_gaussian_blur": metrics.gap_closed(
             reverse["convolved (truth)"], reverse["unconvolved"], reverse["Gaussian blur"]
         ),
+        "gap_closed_deconvolution_interval": interval(correct_fwd, "GAN-deconvolved"),
+        "gap_closed_convolution_interval": interval(correct_rev, "GAN-convolved"),
+        "accuracy_standard_error": float(np.sqrt(0.25 / len(test))),
         "fidelity_deconvolution": fid_deconv,
         "fidelity_convolution": fid_conv,
         **applicability["metrics"],
@@ -310,6 +430,14 @@ def run_evaluation(
             },
         )
         applicability["figure"](fig_dir / "applicability.png")
+        if volume is not None:
+            figures.translations(
+                fig_dir / "volume.png",
+                volume["panels"],
+                title=f"{volume['metrics']['model']}: (h, k, E) volume at Ei = "
+                f"{volume['metrics']['ei']:g} meV (top: middle energy; bottom: k = 0)",
+            )
+            results["volume"] = volume["metrics"]
         results["seconds"] = {**stages.seconds, "total": round(time.perf_counter() - t0, 1)}
         write_text_atomic(out / "metrics.json", json.dumps(_plain(results), indent=2) + "\n")
         write_report(out, cfg, results)

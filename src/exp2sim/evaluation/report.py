@@ -12,6 +12,11 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{100 * x:.1f} %"
 
 
+def _interval(lo_hi: list) -> str:
+    lo, hi = lo_hi
+    return "" if lo is None or lo != lo else f"[{_pct(lo)} to {_pct(hi)}]"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
@@ -24,7 +29,7 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "",
         f"Classes: {', '.join(m['classes'])}. Test set: {m['n_test']} spectra (240 x 400 "
         f"MAPS mosaics), each simulated without and with Monte Carlo resolution "
-        f"({cfg.n_mc} points per bin). Training: {cfg.n_train} unconvolved and "
+        f"({cfg.n_mc} integration point(s) per bin). Training: {cfg.n_train} unconvolved and "
         f"{cfg.n_train_convolved} convolved spectra per model (unpaired).",
         "",
         "## Classification accuracy",
@@ -37,6 +42,7 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
     out += [
         "",
         f"Gap closed by the GAN: **{_pct(m['gap_closed_deconvolution'])}** "
+        f"{_interval(m['gap_closed_deconvolution_interval'])} "
         f"(Richardson-Lucy: {_pct(m['gap_closed_deconvolution_richardson_lucy'])}).",
         "",
         "Classifier trained on **convolved** spectra (convolution direction):",
@@ -47,10 +53,14 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
     out += [
         "",
         f"Gap closed by the GAN: **{_pct(m['gap_closed_convolution'])}** "
+        f"{_interval(m['gap_closed_convolution_interval'])} "
         f"(Gaussian blur: {_pct(m['gap_closed_convolution_gaussian_blur'])}).",
         "",
         "Gap closed = (accuracy after - accuracy before) / (truth - before); undefined "
-        "(n/a) when the classifier loses nothing on the other domain.",
+        "(n/a) when the classifier loses nothing on the other domain. In brackets: the "
+        "16-84 % range over bootstrap resamples of the test set. Each accuracy has a "
+        f"binomial standard error of up to {_pct(m['accuracy_standard_error'])}: a gap "
+        "smaller than a few of those is noise, and so is the share of it closed.",
         "",
         "## Paired fidelity (unmasked pixels, mean over the test set)",
         "",
@@ -99,8 +109,17 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "![applicability](figures/applicability.png)",
         "",
     ]
-    if "figure_3d" in m:
-        out += ["![3D](figures/volume.png)", ""]
+    if "volume" in m:
+        v = m["volume"]
+        out += [
+            f"## 3D example: {v['model']}, (h, k, E) volumes of {' x '.join(map(str, v['shape']))}"
+            f" bins at Ei = {v['ei']:g} meV",
+            "",
+        ]
+        rows = [[f"deconvolution: {k}", f"{x:.2f}"] for k, x in v["psnr_deconvolution"].items()]
+        rows += [[f"convolution: {k}", f"{x:.2f}"] for k, x in v["psnr_convolution"].items()]
+        out += _table(["test volumes vs truth", "PSNR (dB)"], rows)
+        out += ["", "![3D](figures/volume.png)", ""]
     secs = m.get("seconds", {})
     out += ["## Time (s, wall clock)", ""]
     out += _table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in secs.items()])

@@ -21,7 +21,9 @@ def make_layout(config: SimulationConfig) -> MosaicLayout | VolumeLayout | CutLa
         return MosaicLayout(PCSMO_SETTINGS)
     setting = Setting(config.ei, config.frequency)
     MAPS.check(setting)
-    return VolumeLayout(setting) if config.kind == "volume" else CutLayout(setting)
+    if config.kind == "volume":
+        return VolumeLayout(setting, *config.shape)
+    return CutLayout(setting)
 
 
 def orientation(config: SimulationConfig) -> tuple[float, tuple[float, float]]:

@@ -38,7 +38,7 @@ class SimulationConfig:
     resolution: none, gaussian or montecarlo; seed: seeds the parameter draws; n_mc:
     integration points per bin of convolved spectra (the nearest square number is used);
     ei, frequency: incident energy (meV) and Fermi chopper frequency (Hz) of a volume or
-    cut; chunk: spectra per task.
+    cut; chunk: spectra per task; shape: (n_h, n_k, n_e) bins of a volume (() = 60^3).
     """
 
     model: str = "goodenough"
@@ -51,8 +51,12 @@ class SimulationConfig:
     frequency: float = 400.0
     chunk: int = 4
     instrument: str = "MAPS"
+    shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if self.shape and (self.kind != "volume" or len(self.shape) != 3 or min(self.shape) < 2):
+            raise ValueError(f"shape {self.shape} needs --kind volume and three sizes >= 2")
         if self.n < 1:
             raise ValueError("--n must be at least 1")
         if self.kind not in KINDS:
@@ -70,6 +74,8 @@ class SimulationConfig:
         """Everything that determines the result (not how it is scheduled)."""
         d = dataclasses.asdict(self)
         d.pop("chunk")
+        if not d["shape"]:  # the default layout: keys of jobs from before `shape` existed
+            d.pop("shape")
         return d
 
 
@@ -106,14 +112,20 @@ def draw_parameters(config: SimulationConfig) -> tuple[np.ndarray, int]:
     calculator = _calculator(json.dumps(dataclasses.asdict(config), sort_keys=True))
     rng = np.random.default_rng(config.seed)
     candidates, stable = [], []
-    while sum(int(s.sum()) for s in stable) < config.n:
+    while (found := sum(int(s.sum()) for s in stable)) < config.n:
         block = model.sample(max(64, config.n), rng)
         candidates.append(block)
         # a coarse Brillouin-zone mesh first (cheap), then exactly the wave vectors the
-        # spectrum calculator will solve at, so no accepted set fails later in a worker
-        ok = swt.check_stability(block)
-        if ok.any():
-            ok[ok] = calculator.stable(block[ok])
+        # spectrum calculator will solve at, so no accepted set fails later in a worker;
+        # the exact check runs in order, on only as many candidates as are still needed
+        coarse = np.flatnonzero(swt.check_stability(block))
+        ok = np.zeros(len(block), dtype=bool)
+        start = 0
+        while start < len(coarse) and found + int(ok.sum()) < config.n:
+            need = config.n - found - int(ok.sum())
+            part = coarse[start : start + max(8, need + need // 4 + 2)]
+            ok[part] = calculator.stable(block[part])
+            start += len(part)
         stable.append(ok)
         if sum(len(c) for c in candidates) > 1000 * config.n:
             raise ValueError(f"model {model.name!r}: almost every draw is unstable")
