@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_GAN
 from typer.testing import CliRunner
 
 from exp2sim.applicability import (
@@ -239,18 +240,7 @@ def test_ridgeline_figure_is_written(tmp_path):
 
 
 # ---- a run and the command -------------------------------------------------------------------
-TINY = {
-    "ngf": 4,
-    "n_blocks": 2,
-    "ndf": 4,
-    "d_layers": 2,
-    "nce_patches": 16,
-    "nce_units": 8,
-    "crop": 16,
-    "nce_layers": ["down1", "down2", "block1", "block2"],
-    "epochs": 1,
-    "epochs_decay": 0,
-}
+TINY = {**TINY_GAN, "nce_layers": list(TINY_GAN["nce_layers"]), "epochs": 1, "epochs_decay": 0}
 SHAPE = (48,)
 
 

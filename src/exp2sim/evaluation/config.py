@@ -16,16 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exp2sim.settings import from_dict
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from exp2sim.settings import from_dict, read_toml
 
 
 @dataclass
@@ -140,12 +134,7 @@ def load_config(spec: str | Path) -> EvaluationConfig:
     path = Path(spec)
     if path.suffix != ".toml":
         raise ValueError(f"unknown evaluation config {spec!r}: use demo, paper or a .toml file")
-    try:
-        overrides = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    overrides = read_toml(path)
     base = overrides.pop("preset", "demo")
     if base not in PRESETS:
         raise ValueError(f"{path}: unknown preset {base!r}")

@@ -4,16 +4,10 @@ checkpoints and embedded in every checkpoint file."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exp2sim.settings import from_dict
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from exp2sim.settings import from_dict, read_toml
 
 
 @dataclass
@@ -131,12 +125,7 @@ def load_preset(name_or_file: str) -> TrainConfig:
     path = Path(name_or_file)
     if path.suffix != ".toml":
         raise ValueError(f"unknown preset {name_or_file!r}: use small, paper or a .toml file")
-    try:
-        values = tomllib.loads(path.read_text())
-    except OSError:
-        raise ValueError(f"{path}: cannot read the configuration file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    values = read_toml(path)
     base = PRESETS.get(values.pop("preset", "small"))
     if base is None:
         raise ValueError(f"{path}: unknown preset; use small or paper")
