@@ -61,7 +61,7 @@ def dispersions(n: int, shape=SHAPE, seed: int = 0) -> tuple[np.ndarray, np.ndar
 def trained():
     """A classifier trained on 160 synthetic spectra for 15 epochs (a few seconds)."""
     x, y = dispersions(160, seed=0)
-    config = ClassifierConfig(epochs=15, device="cpu", val_fraction=0.125, seed=3)
+    config = ClassifierConfig(epochs=15, min_steps=0, device="cpu", val_fraction=0.125, seed=3)
     return DUQClassifier(config).fit(x, y, CLASSES)
 
 
@@ -150,7 +150,7 @@ def test_certainties_for_1d_2d_3d_spectra(shape):
     rng = np.random.default_rng(0)
     x = rng.gamma(1.0, 1.0, (12, *shape)).astype(np.float32)
     x[:, 0] = np.nan
-    clf = DUQClassifier(ClassifierConfig(epochs=1, batch_size=4, device="cpu"))
+    clf = DUQClassifier(ClassifierConfig(epochs=1, min_steps=0, batch_size=4, device="cpu"))
     clf.fit(x, np.arange(12) % 3, ["a", "b", "c"])
     k = clf.certainties(x)
     assert k.shape == (12, 3) and np.all((k >= 0) & (k <= 1))
@@ -194,7 +194,7 @@ def test_same_seed_same_numbers():
     x, y = dispersions(24, shape=(16, 24), seed=6)
 
     def fit(seed):
-        config = ClassifierConfig(epochs=2, batch_size=8, seed=seed, device="cpu")
+        config = ClassifierConfig(epochs=2, min_steps=0, batch_size=8, seed=seed, device="cpu")
         return DUQClassifier(config).fit(x, y, CLASSES).certainties(x)
 
     a = fit(0)
@@ -371,3 +371,14 @@ def test_classify_bad_use_is_one_line_and_exit_2(cli_model, args, words, monkeyp
     assert res.exit_code == 2, res.output
     assert words in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_small_training_sets_get_enough_optimiser_steps():
+    clf = DUQClassifier(ClassifierConfig(epochs=20, min_steps=400, batch_size=16))
+    assert clf.epochs_for(100) == 58  # 7 steps per epoch
+    assert clf.epochs_for(1000) == 20  # 63 steps per epoch: the epochs decide
+    x, y = dispersions(12, seed=5)
+    small = DUQClassifier(ClassifierConfig(epochs=1, min_steps=6, batch_size=4, device="cpu"))
+    small.fit(x, y, CLASSES)
+    n_train = small.history[-1]["n_train"]
+    assert len(small.history) == small.epochs_for(n_train) == 2  # 3 batches, 6 steps

@@ -134,6 +134,7 @@ epochs_decay = 1
 iterations_per_epoch = 8
 [classifier]
 epochs = 2
+min_steps = 0
 [volume]
 shape = [16, 16, 16]
 n_train = 3

@@ -102,7 +102,7 @@ def _train(paths: list[Path], out: Path, epochs: int | None, seed: int | None, d
     counts = ", ".join(f"{c} {int((labels == i).sum())}" for i, c in enumerate(classes))
     err_console.print(
         f"training on {len(spectra)} spectra of shape {spectra.shape[1:]} ({counts}), "
-        f"{config.epochs} epochs"
+        f"at least {config.epochs} epochs and {config.min_steps} steps"
     )
     clf = DUQClassifier(config)
     clf.axes = _training_axes(paths)
@@ -114,7 +114,7 @@ def _train(paths: list[Path], out: Path, epochs: int | None, seed: int | None, d
             status = f"loss {entry['loss']:.3f} accuracy {entry['train_accuracy']:.2f}"
             if val is not None:
                 status += f" held-out {val:.2f}"
-            bar.update(task, advance=1, status=status)
+            bar.update(task, advance=1, total=entry["epochs"], status=status)
 
         clf.fit(spectra, labels, classes, progress)
     clf.save(out)

@@ -50,7 +50,8 @@ class ClassifierConfig:
     gamma: float = 0.999  # centroid moving-average factor (1 would freeze the centroids)
     gradient_penalty: float = 0.5  # lambda of the two-sided penalty
     # training
-    epochs: int = 20
+    epochs: int = 20  # at least; more when needed for `min_steps` (see `epochs_for`)
+    min_steps: int = 400  # optimiser steps at least: small sets otherwise collapse
     batch_size: int = 16
     lr: float = 1e-3  # AdamW
     weight_decay: float = 1e-4
@@ -156,6 +157,12 @@ class DUQClassifier:
         self.device = torch.device("cpu")
 
     # ------------------------------------------------------------------ training
+    def epochs_for(self, n_train: int) -> int:
+        """Epochs for n_train training spectra: `epochs`, or more to make `min_steps`
+        optimiser steps (100 spectra in batches of 16 need 58 epochs for 400 steps)."""
+        steps = max(1, -(-n_train // self.config.batch_size))
+        return max(self.config.epochs, -(-self.config.min_steps // steps))
+
     def fit(
         self,
         spectra: np.ndarray,
@@ -204,7 +211,8 @@ class DUQClassifier:
         )
         rng = np.random.default_rng(cfg.seed + 1)
         self.history = []
-        for epoch in range(cfg.epochs):
+        epochs = self.epochs_for(len(train_idx))
+        for epoch in range(epochs):
             start = time.perf_counter()
             self.network.train()
             sums = np.zeros(4)  # loss, bce, penalty, correct
@@ -215,6 +223,7 @@ class DUQClassifier:
                 sums += self._step(optimiser, z_t[b], m_t[b], y_t[b]) * len(batch)
             entry = {
                 "epoch": epoch + 1,
+                "epochs": epochs,
                 "loss": float(sums[0] / len(train_idx)),
                 "bce": float(sums[1] / len(train_idx)),
                 "penalty": float(sums[2] / len(train_idx)),

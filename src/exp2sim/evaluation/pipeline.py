@@ -182,7 +182,7 @@ def train_classifier(
             train.signal,
             train.labels,
             list(train.classes),
-            progress=lambda entry: update("epochs", entry["epoch"], config.epochs),
+            progress=lambda entry: update("epochs", entry["epoch"], entry["epochs"]),
         )
     model.save(folder)
     return model
