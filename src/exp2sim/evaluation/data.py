@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,18 +69,29 @@ def simulate(
     return signal
 
 
-def paired_parameters(cfg: EvaluationConfig, model: str, seed: int) -> np.ndarray:
-    """n_test parameter sets that both the unconvolved and the convolved calculators can
-    compute (drawn from the seed, so reproducible)."""
-    conv = _sim_config(cfg, model, "montecarlo", cfg.n_test + max(4, cfg.n_test // 5), seed)
-    params, _ = draw_parameters(conv)
-    unconv = _calculator(_config_json(_sim_config(cfg, model, "none", 1, seed)))
-    params = params[unconv.stable(params)]
-    if len(params) < cfg.n_test:
+def paired_parameters(config: SimulationConfig) -> np.ndarray:
+    """config.n parameter sets (drawn from config.seed, so reproducible) that both the
+    config's convolved calculator and its unconvolved twin can compute: for test spectra
+    simulated both ways from the same parameters."""
+    params, _ = draw_parameters(replace(config, n=config.n + max(4, config.n // 5)))
+    unconvolved = _calculator(_config_json(replace(config, resolution="none", n=1)))
+    params = params[unconvolved.stable(params)]
+    if len(params) < config.n:
         raise ValueError(
-            f"model {model}: too few parameter sets stable with and without resolution"
+            f"model {config.model}: too few parameter sets stable with and without resolution"
         )
-    return params[: cfg.n_test]
+    return params[: config.n]
+
+
+def cached_paired_parameters(path: Path, config: SimulationConfig) -> np.ndarray:
+    """`paired_parameters`, drawn once and kept in `path` (.npy) for reruns."""
+    from exp2sim.fileio import write_npy_atomic
+
+    if path.exists():
+        return np.load(path, allow_pickle=False)
+    params = paired_parameters(config)
+    write_npy_atomic(path, params)
+    return params
 
 
 def _config_json(config: SimulationConfig) -> str:
@@ -119,19 +130,10 @@ def build_datasets(
             config = _sim_config(cfg, model, resolution, n, seeds[split])
             signal = simulate(config, folder / f"{stem}_{split}.h5", scheduler, None, progress)
             out[split].append((signal, read_dataset(folder / f"{stem}_{split}.h5").parameters))
-        params = _cached_parameters(folder / f"{stem}_test_parameters.npy", cfg, model, test_seed)
+        test_config = _sim_config(cfg, model, "montecarlo", cfg.n_test, test_seed)
+        params = cached_paired_parameters(folder / f"{stem}_test_parameters.npy", test_config)
         for split, resolution in (("test", "none"), ("test_convolved", "montecarlo")):
             config = _sim_config(cfg, model, resolution, cfg.n_test, test_seed)
             signal = simulate(config, folder / f"{stem}_{split}.h5", scheduler, params, progress)
             out[split].append((signal, params))
     return {split: _stack(parts, cfg.models) for split, parts in out.items()}
-
-
-def _cached_parameters(path: Path, cfg: EvaluationConfig, model: str, seed: int) -> np.ndarray:
-    from exp2sim.fileio import write_npy_atomic
-
-    if path.exists():
-        return np.load(path, allow_pickle=False)
-    params = paired_parameters(cfg, model, seed)
-    write_npy_atomic(path, params)
-    return params

@@ -26,9 +26,9 @@ from rich.console import Console
 from exp2sim.cli_common import progress_bar
 from exp2sim.evaluation import outliers
 from exp2sim.evaluation.config import EvaluationConfig
-from exp2sim.evaluation.data import Labelled, build_datasets, simulate
+from exp2sim.evaluation.data import Labelled, build_datasets, cached_paired_parameters, simulate
 from exp2sim.fileio import write_npy_atomic, write_text_atomic
-from exp2sim.spectra.generate import SimulationConfig, draw_parameters
+from exp2sim.spectra.generate import SimulationConfig
 
 MAGNETS = Path(__file__).parent / "magnets"
 NEGATIVE_CONTROL_MAGNETS = (MAGNETS / "square_afm.toml", MAGNETS / "afm_chain.toml")
@@ -235,7 +235,9 @@ def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) ->
             )
         }
         test_config = config("montecarlo", int(v["n_test"]), 2)
-        params = draw_parameters_cached(folder / f"{stem}_volume_test_parameters.npy", test_config)
+        params = cached_paired_parameters(
+            folder / f"{stem}_volume_test_parameters.npy", test_config
+        )
         test = {
             name: simulate(
                 replace(test_config, resolution=res),
@@ -280,15 +282,6 @@ def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) ->
             "GAN-convolved": convolved[0],
         },
     }
-
-
-def draw_parameters_cached(path: Path, config: SimulationConfig) -> np.ndarray:
-    """The parameter sets of a job, drawn once and kept (for paired datasets)."""
-    if path.exists():
-        return np.load(path, allow_pickle=False)
-    params, _ = draw_parameters(config)
-    write_npy_atomic(path, params)
-    return params
 
 
 # ------------------------------------------------------------------------------ the run
