@@ -273,6 +273,7 @@ def test_accuracy_gap_closed_and_roc_auc_hand_cases():
     assert metrics.gap_closed(0.9, 0.6, 0.9) == 1.0
     assert metrics.gap_closed(0.9, 0.6, 0.5) < 0
     assert np.isnan(metrics.gap_closed(0.8, 0.8, 0.9))
+    assert np.isnan(metrics.gap_closed(0.55, 0.575, 0.5))  # no gap: truth below before
     assert metrics.roc_auc([0.1, 0.4], [0.35, 0.8]) == 0.75  # 3 of 4 pairs ordered
     assert metrics.roc_auc([0.0, 0.1], [0.5, 0.9]) == 1.0
     assert metrics.roc_auc([0.5, 0.9], [0.0, 0.1]) == 0.0

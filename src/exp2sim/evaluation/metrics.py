@@ -120,11 +120,11 @@ def gap_closed(truth_acc: float, before_acc: float, after_acc: float) -> float:
 
     truth_acc: accuracy on the classifier's own domain; before_acc: on the other domain,
     untranslated; after_acc: on the translated data. 1 = as good as the truth, 0 = no gain,
-    negative = worse than before, > 1 = better than the truth. NaN when truth == before
-    (no gap to close).
+    negative = worse than before, > 1 = better than the truth. NaN when truth <= before
+    (no gap to close: the classifier does no worse on the other domain).
     """
     truth_acc, before_acc, after_acc = float(truth_acc), float(before_acc), float(after_acc)
-    if truth_acc == before_acc:
+    if truth_acc <= before_acc:
         return float("nan")
     return (after_acc - before_acc) / (truth_acc - before_acc)
 
@@ -139,7 +139,7 @@ def gap_closed_interval(
     """16th and 84th percentiles (a one-sigma interval) of `gap_closed` over bootstrap
     resamples of the test spectra. truth_ok, before_ok, after_ok: (n,) booleans, whether
     each test spectrum was classified correctly in each setting (paired: the same spectra).
-    Resamples with no gap (truth == before) are left out; (nan, nan) if all are."""
+    Resamples with no gap (truth <= before) are left out; (nan, nan) if all are."""
     ok = [np.asarray(x, dtype=float).ravel() for x in (truth_ok, before_ok, after_ok)]
     n = len(ok[0])
     if n == 0 or any(len(x) != n for x in ok):
@@ -147,7 +147,7 @@ def gap_closed_interval(
     idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     truth, before, after = (x[idx].mean(axis=1) for x in ok)
     gap = truth - before
-    keep = gap != 0
+    keep = gap > 0
     if not keep.any():
         return float("nan"), float("nan")
     closed = (after[keep] - before[keep]) / gap[keep]

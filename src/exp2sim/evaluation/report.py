@@ -57,7 +57,7 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         f"(Gaussian blur: {_pct(m['gap_closed_convolution_gaussian_blur'])}).",
         "",
         "Gap closed = (accuracy after - accuracy before) / (truth - before); undefined "
-        "(n/a) when the classifier loses nothing on the other domain. In brackets: the "
+        "(n/a) when the classifier does no worse on the other domain. In brackets: the "
         "16-84 % range over bootstrap resamples of the test set. Each accuracy has a "
         f"binomial standard error of up to {_pct(m['accuracy_standard_error'])}: a gap "
         "smaller than a few of those is noise, and so is the share of it closed.",
