@@ -29,6 +29,21 @@ def test_presets_and_toml_overrides(tmp_path):
     assert cfg.n_train == paper.n_train
 
 
+@pytest.mark.parametrize("name", ["demo", "paper"])
+def test_presets_make_valid_gan_and_classifier_configs(name):
+    from exp2sim.classifier import ClassifierConfig
+    from exp2sim.evaluation.pipeline import VOLUME_DEFAULTS
+    from exp2sim.gan.config import load_preset
+
+    cfg = load_config(name)
+    gan = load_preset(cfg.gan_preset).replace(**cfg.gan)
+    assert gan.min_crop() <= gan.crop
+    ClassifierConfig(**cfg.classifier)
+    assert set(cfg.volume) <= set(VOLUME_DEFAULTS)
+    if cfg.volume:
+        load_preset(cfg.gan_preset).replace(**{**cfg.gan, **cfg.volume["gan"]})
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
