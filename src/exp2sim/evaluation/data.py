@@ -24,13 +24,12 @@ Progress = Callable[[str, int, int], None]  # (label, done, total)
 
 @dataclass
 class Labelled:
-    """Spectra (n, *S) float32 with NaN where masked, integer labels (n,) into `classes`,
-    and the spin-wave parameters of each spectrum (n, P) (NaN where a model has fewer)."""
+    """Spectra (n, *S) float32 with NaN where masked and integer labels (n,) into
+    `classes`."""
 
     signal: np.ndarray
     labels: np.ndarray
     classes: tuple[str, ...]
-    parameters: np.ndarray
 
     def __len__(self) -> int:
         return len(self.signal)
@@ -74,7 +73,7 @@ def paired_parameters(config: SimulationConfig) -> np.ndarray:
     config's convolved calculator and its unconvolved twin can compute: for test spectra
     simulated both ways from the same parameters."""
     params, _ = draw_parameters(replace(config, n=config.n + max(4, config.n // 5)))
-    unconvolved = _calculator(_config_json(replace(config, resolution="none", n=1)))
+    unconvolved = _calculator(replace(config, resolution="none", n=1).to_json())
     params = params[unconvolved.stable(params)]
     if len(params) < config.n:
         raise ValueError(
@@ -94,19 +93,10 @@ def cached_paired_parameters(path: Path, config: SimulationConfig) -> np.ndarray
     return params
 
 
-def _config_json(config: SimulationConfig) -> str:
-    import dataclasses
-
-    return json.dumps(dataclasses.asdict(config), sort_keys=True)
-
-
-def _stack(parts: list[tuple[np.ndarray, np.ndarray]], classes: tuple[str, ...]) -> Labelled:
-    width = max(p.shape[1] for _, p in parts)
-    padded = [
-        np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=np.nan) for _, p in parts
-    ]
-    labels = np.concatenate([np.full(len(s), i) for i, (s, _) in enumerate(parts)])
-    return Labelled(np.concatenate([s for s, _ in parts]), labels, classes, np.concatenate(padded))
+def _stack(parts: list[np.ndarray], classes: tuple[str, ...]) -> Labelled:
+    """One Labelled set from each class's spectra, in the order of `classes`."""
+    labels = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+    return Labelled(np.concatenate(parts), labels, classes)
 
 
 def build_datasets(
@@ -128,12 +118,14 @@ def build_datasets(
             ("train_convolved", "montecarlo", cfg.n_train_convolved),
         ):
             config = _sim_config(cfg, model, resolution, n, seeds[split])
-            signal = simulate(config, folder / f"{stem}_{split}.h5", scheduler, None, progress)
-            out[split].append((signal, read_dataset(folder / f"{stem}_{split}.h5").parameters))
+            out[split].append(
+                simulate(config, folder / f"{stem}_{split}.h5", scheduler, None, progress)
+            )
         test_config = _sim_config(cfg, model, "montecarlo", cfg.n_test, test_seed)
         params = cached_paired_parameters(folder / f"{stem}_test_parameters.npy", test_config)
         for split, resolution in (("test", "none"), ("test_convolved", "montecarlo")):
             config = _sim_config(cfg, model, resolution, cfg.n_test, test_seed)
-            signal = simulate(config, folder / f"{stem}_{split}.h5", scheduler, params, progress)
-            out[split].append((signal, params))
+            out[split].append(
+                simulate(config, folder / f"{stem}_{split}.h5", scheduler, params, progress)
+            )
     return {split: _stack(parts, cfg.models) for split, parts in out.items()}

@@ -59,24 +59,3 @@ def translations(path: Path, panels: dict[str, np.ndarray], title: str = "") -> 
     if title:
         fig.suptitle(title)
     _save(fig, path)
-
-
-def accuracy_bars(path: Path, forward: dict[str, float], reverse: dict[str, float]) -> None:
-    """The two accuracy tables as bar charts."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, (title, table) in zip(
-        axes,
-        (
-            ("classifier trained on unconvolved", forward),
-            ("classifier trained on convolved", reverse),
-        ),
-        strict=True,
-    ):
-        names = list(table)
-        ax.bar(range(len(names)), [100 * table[n] for n in names], color="C0")
-        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    _save(fig, path)

@@ -42,16 +42,9 @@ class _Cluster:
 
     def address(self) -> str:
         if self.cluster is None:
-            import os
+            from exp2sim.spectra.generate import local_cluster
 
-            from dask.distributed import LocalCluster
-
-            self.cluster = LocalCluster(
-                n_workers=self.workers or os.cpu_count() or 1,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=":0",
-            )
+            self.cluster = local_cluster(self.workers or None)
         return self.cluster.scheduler_address
 
     def close(self) -> None:

@@ -70,6 +70,10 @@ class SimulationConfig:
         if self.instrument != "MAPS":
             raise ValueError(f"unknown instrument {self.instrument!r}: only MAPS is available")
 
+    def to_json(self) -> str:
+        """The whole config as canonical JSON (the key of a process's calculator cache)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
     def job_key(self) -> dict:
         """Everything that determines the result (not how it is scheduled)."""
         d = dataclasses.asdict(self)
@@ -109,7 +113,7 @@ def draw_parameters(config: SimulationConfig) -> tuple[np.ndarray, int]:
     if model.ranges is None:
         raise ValueError(f"model {model.name!r} has no parameter ranges to draw from")
     swt = SpinWaveTheory(model.system)
-    calculator = _calculator(json.dumps(dataclasses.asdict(config), sort_keys=True))
+    calculator = _calculator(config.to_json())
     rng = np.random.default_rng(config.seed)
     candidates, stable = [], []
     while (found := sum(int(s.sum()) for s in stable)) < config.n:
@@ -133,6 +137,19 @@ def draw_parameters(config: SimulationConfig) -> tuple[np.ndarray, int]:
     last = int(np.nonzero(ok)[0][config.n - 1])  # the n-th stable draw
     params = np.concatenate(candidates)[: last + 1][ok[: last + 1]]
     return params, int((~ok[: last + 1]).sum())
+
+
+def local_cluster(workers: int | None = None):  # noqa: ANN201 - a dask LocalCluster
+    """A Dask cluster on this machine: `workers` single-threaded processes (default: one
+    per core), dashboard on any free port (several jobs may run at once)."""
+    from dask.distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers or os.cpu_count() or 1,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+    )
 
 
 # --------------------------------------------------------------------------- job
@@ -164,7 +181,7 @@ class Job:
         if overwrite:
             shutil.rmtree(self.parts, ignore_errors=True)
             self.out.unlink(missing_ok=True)
-        self.config_json = json.dumps(dataclasses.asdict(config), sort_keys=True)
+        self.config_json = config.to_json()
 
     @property
     def chunks(self) -> list[tuple[int, int]]:
@@ -242,19 +259,13 @@ class Job:
         if progress:
             progress(finished, total)
         if todo:
-            from dask.distributed import Client, LocalCluster, as_completed
+            from dask.distributed import Client, as_completed
 
             if scheduler:
                 client = Client(scheduler)
                 cluster = None
             else:
-                n_workers = workers or os.cpu_count() or 1
-                cluster = LocalCluster(
-                    n_workers=n_workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=":0",  # any free port: several jobs may run at once
-                )
+                cluster = local_cluster(workers)
                 client = Client(cluster)
             try:
                 futures = {
