@@ -86,6 +86,9 @@ def test_gradient_penalty_in_closed_form():
     gp = gradient_penalty(x @ w.T, x)
     expected = (w.sum(0).pow(2).sum() - 1) ** 2
     torch.testing.assert_close(gp, expected)
+    # with a reference size R the target norm is sqrt(D / R): here D = 3 values per input
+    gp = gradient_penalty(x @ w.T, x, reference_size=12)
+    torch.testing.assert_close(gp, (w.sum(0).pow(2).sum() * 12 / 3 - 1) ** 2)
 
 
 @pytest.mark.parametrize("shape", [(37,), (20, 26), (9, 10, 11)])

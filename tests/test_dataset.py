@@ -210,6 +210,24 @@ def test_draws_are_stable_where_the_calculator_solves():
     assert len(params) == 12 and rejected > 0 and calc.stable(params).all()
 
 
+def test_spread_draws_near_the_best_fit_and_is_part_of_the_job(tmp_path):
+    config = SimulationConfig(n=4, spread=0.2, **CUT)
+    assert "spread" not in SimulationConfig(n=4, **CUT).job_key()  # old jobs keep their key
+    assert config.job_key()["spread"] == 0.2
+    with pytest.raises(ValueError, match="spread"):
+        SimulationConfig(n=4, spread=0.0, **CUT)
+    Job(config, tmp_path / "near.h5").run(workers=1)
+    data = read_dataset(tmp_path / "near.h5")
+    lo, hi = np.array(load_model("goodenough").around_best_fit(0.2).ranges).T
+    assert np.all((data.parameters >= lo) & (data.parameters <= hi))
+    with h5py.File(tmp_path / "near.h5") as f:  # provenance: the ranges actually drawn from
+        ranges = json.loads(f["entry/sample"].attrs["parameter_ranges"])
+    np.testing.assert_allclose(ranges, np.column_stack([lo, hi]))
+    Job(config, tmp_path / "unfinished.h5").prepare()
+    with pytest.raises(ValueError, match="different job"):  # resumed with another spread
+        Job(SimulationConfig(n=4, spread=0.3, **CUT), tmp_path / "unfinished.h5").prepare()
+
+
 def test_job_with_given_parameters_pairs_spectra(tmp_path):
     model = load_model("goodenough")
     params = np.array([model.best_fit, model.best_fit]) * np.array([[1.0], [1.05]])

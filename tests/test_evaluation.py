@@ -50,6 +50,7 @@ def test_presets_make_valid_gan_and_classifier_configs(name):
         ("n_tset = 3\n", "unknown evaluation settings: n_tset"),
         ("n_test = 0\n", "n_test must be at least 1"),
         ('models = ["goodenough"]\n', "at least two models"),
+        ("spread = 1.5\n", "spread must be in"),
         ("n_test = [\n", "not valid TOML"),
     ],
 )
@@ -191,8 +192,13 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     # the kept models work from the command line
     spectrum = out / "one.npy"
     from exp2sim.spectra.dataset import read_dataset
+    from exp2sim.spinwave import load_model
 
     ds = read_dataset(out / "data" / "goodenough_test_convolved.h5")
+    # the demo preset draws within half of each range, around the best fit
+    lo, hi = np.array(load_model("goodenough").around_best_fit(0.5).ranges).T
+    assert np.all((ds.parameters >= lo) & (ds.parameters <= hi))
+    assert "centred on the model's best fit" in report
     x = ds.signal[0].copy()
     x[ds.mask] = np.nan
     np.save(spectrum, x)

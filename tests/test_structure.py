@@ -103,3 +103,23 @@ def test_model_sampling_and_parameter_parsing():
             model.parse_params(bad)
     with pytest.raises(ValueError, match="unknown model"):
         load_model("nosuchmodel")
+
+
+@pytest.mark.parametrize("name", ["goodenough", "dimer"])
+def test_ranges_around_the_best_fit(name):
+    model = load_model(name)
+    assert model.around_best_fit(1.0) is model
+    narrow = model.around_best_fit(0.5)
+    lo, hi = np.array(model.ranges).T
+    nlo, nhi = np.array(narrow.ranges).T
+    best = np.array(model.best_fit)
+    np.testing.assert_allclose(nhi - nlo, 0.5 * (hi - lo))  # half of every range
+    assert np.all((nlo >= lo - 1e-12) & (nhi <= hi + 1e-12))  # inside the training ranges
+    assert np.all((best >= nlo) & (best <= nhi))  # around the best fit
+    inside = (best - (hi - lo) / 4 >= lo) & (best + (hi - lo) / 4 <= hi)
+    np.testing.assert_allclose(((nlo + nhi) / 2)[inside], best[inside])  # centred on it
+    draws = narrow.sample(200, 0)
+    assert np.all((draws >= nlo) & (draws <= nhi))
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="spread"):
+            model.around_best_fit(bad)

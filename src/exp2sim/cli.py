@@ -270,6 +270,12 @@ def simulate(
     ei: EiOpt = 140.0,
     frequency: FrequencyOpt = 400.0,
     chunk: Annotated[int, typer.Option(help="Spectra per task.")] = 4,
+    spread: Annotated[
+        float,
+        typer.Option(
+            help="Draw from this fraction of each training range, centred on the best fit."
+        ),
+    ] = 1.0,
     workers: Annotated[int | None, typer.Option(help="Local Dask workers (default: cores).")] = (
         None
     ),
@@ -298,6 +304,7 @@ def simulate(
             ei=ei,
             frequency=frequency,
             chunk=chunk,
+            spread=spread,
         )
         job = Job(config, out, overwrite=overwrite)
         with progress_bar("simulating", "rate") as bar:

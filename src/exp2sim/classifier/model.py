@@ -49,6 +49,7 @@ class ClassifierConfig:
     sigma: float = 0.1  # RBF length scale
     gamma: float = 0.999  # centroid moving-average factor (1 would freeze the centroids)
     gradient_penalty: float = 0.5  # lambda of the two-sided penalty
+    penalty_size: int = 3072  # values per input at which the target norm is 1 (DUQ: 3 x 32 x 32)
     # training
     epochs: int = 20  # at least; more when needed for `min_steps` (see `epochs_for`)
     min_steps: int = 400  # optimiser steps at least: small sets otherwise collapse
@@ -66,7 +67,9 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
         self.pool = tuple(int(p) for p in self.pool)
-        positive = ("features", "centroid_size", "epochs", "batch_size", "sigma", "lr", "stem")
+        positive = (
+        "features", "centroid_size", "epochs", "batch_size", "sigma", "lr", "stem", "penalty_size"
+    )  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -268,7 +271,7 @@ class DUQClassifier:
         measured = measured.to(self.device)
         onehot = torch.nn.functional.one_hot(y.to(self.device), len(self.classes)).float()
         kernel, u = self.network(torch.stack([z * measured, measured], 1))
-        loss, bce, penalty = duq_loss(kernel, onehot, z, lam)
+        loss, bce, penalty = duq_loss(kernel, onehot, z, lam, self.config.penalty_size)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

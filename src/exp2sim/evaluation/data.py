@@ -37,7 +37,13 @@ class Labelled:
 
 def _sim_config(cfg: EvaluationConfig, model: str, resolution: str, n: int, seed: int):
     return SimulationConfig(
-        model=model, n=n, kind="mosaic", resolution=resolution, seed=seed, n_mc=cfg.n_mc
+        model=model,
+        n=n,
+        kind="mosaic",
+        resolution=resolution,
+        seed=seed,
+        n_mc=cfg.n_mc,
+        spread=cfg.spread,
     )
 
 

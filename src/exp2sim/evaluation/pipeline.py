@@ -211,7 +211,7 @@ def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) ->
         return SimulationConfig(
             model=model, n=n, kind="volume", resolution=resolution, seed=seed + offset,
             n_mc=cfg.n_mc, ei=float(v["ei"]), frequency=float(v["frequency"]),
-            shape=tuple(v["shape"]), chunk=2,
+            shape=tuple(v["shape"]), chunk=2, spread=cfg.spread,
         )  # fmt: skip
 
     with stages.bar("simulating volumes") as update:

@@ -30,7 +30,13 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         f"Classes: {', '.join(m['classes'])}. Test set: {m['n_test']} spectra (240 x 400 "
         f"MAPS mosaics), each simulated without and with Monte Carlo resolution "
         f"({cfg.n_mc} integration point(s) per bin). Training: {cfg.n_train} unconvolved and "
-        f"{cfg.n_train_convolved} convolved spectra per model (unpaired).",
+        f"{cfg.n_train_convolved} convolved spectra per model (unpaired). Parameters: "
+        + (
+            "uniform over each model's full training ranges."
+            if cfg.spread == 1
+            else f"uniform over {cfg.spread:.0%} of each training range, centred on the "
+            "model's best fit (`spread`; the paper used the full ranges)."
+        ),
         "",
         "## Classification accuracy",
         "",

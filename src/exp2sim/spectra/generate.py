@@ -38,7 +38,9 @@ class SimulationConfig:
     resolution: none, gaussian or montecarlo; seed: seeds the parameter draws; n_mc:
     integration points per bin of convolved spectra (the nearest square number is used);
     ei, frequency: incident energy (meV) and Fermi chopper frequency (Hz) of a volume or
-    cut; chunk: spectra per task; shape: (n_h, n_k, n_e) bins of a volume (() = 60^3).
+    cut; chunk: spectra per task; shape: (n_h, n_k, n_e) bins of a volume (() = 60^3);
+    spread: draw each parameter from this fraction of its training range, centred on the
+    model's best fit (1 = the full ranges; see `SpinModel.around_best_fit`).
     """
 
     model: str = "goodenough"
@@ -52,6 +54,7 @@ class SimulationConfig:
     chunk: int = 4
     instrument: str = "MAPS"
     shape: tuple[int, ...] = ()
+    spread: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -67,6 +70,8 @@ class SimulationConfig:
             )
         if self.n_mc < 1 or self.chunk < 1:
             raise ValueError("--n-mc and --chunk must be at least 1")
+        if not 0 < self.spread <= 1:
+            raise ValueError(f"--spread must be in (0, 1], got {self.spread}")
         if self.instrument != "MAPS":
             raise ValueError(f"unknown instrument {self.instrument!r}: only MAPS is available")
 
@@ -78,8 +83,11 @@ class SimulationConfig:
         """Everything that determines the result (not how it is scheduled)."""
         d = dataclasses.asdict(self)
         d.pop("chunk")
-        if not d["shape"]:  # the default layout: keys of jobs from before `shape` existed
+        # defaults of fields added later are left out: keys of older jobs stay valid
+        if not d["shape"]:
             d.pop("shape")
+        if d["spread"] == 1.0:
+            d.pop("spread")
         return d
 
 
@@ -105,13 +113,15 @@ def compute_chunk(config_json: str, params: np.ndarray) -> np.ndarray:
 
 
 def draw_parameters(config: SimulationConfig) -> tuple[np.ndarray, int]:
-    """n stable parameter sets drawn uniformly from the model's ranges, and the number of
-    unstable draws rejected on the way. Deterministic in the seed."""
+    """n stable parameter sets drawn uniformly from the model's ranges (narrowed by
+    config.spread), and the number of unstable draws rejected on the way. Deterministic in
+    the seed."""
     from exp2sim.spinwave import SpinWaveTheory, load_model
 
     model = load_model(config.model)
     if model.ranges is None:
         raise ValueError(f"model {model.name!r} has no parameter ranges to draw from")
+    model = model.around_best_fit(config.spread)
     swt = SpinWaveTheory(model.system)
     calculator = _calculator(config.to_json())
     rng = np.random.default_rng(config.seed)
@@ -208,7 +218,7 @@ class Job:
             if json.dumps(saved["job"], sort_keys=True) != key:
                 raise ValueError(
                     f"{self.parts} belongs to a different job (other model, n, kind, "
-                    "resolution, seed, n_mc or ei): use the same options or --overwrite"
+                    "resolution, seed, n_mc, ei or spread): use the same options or --overwrite"
                 )
             with np.load(self.parts / "parameters.npz", allow_pickle=False) as f:
                 return f["parameters"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,22 @@ class SpinModel:
     @property
     def parameter_names(self) -> tuple[str, ...]:
         return self.system.parameters
+
+    def around_best_fit(self, spread: float) -> SpinModel:
+        """The same model with each range shrunk to `spread` (0 < spread <= 1) of its width,
+        centred on the best fit, shifted inward where it would cross a bound of the original
+        range (so every narrowed range has the same fraction of its width)."""
+        if not 0 < spread <= 1:
+            raise ValueError(f"spread must be in (0, 1], got {spread}")
+        if self.ranges is None:
+            raise ValueError(f"model {self.name!r} defines no parameter ranges to narrow")
+        if spread == 1:
+            return self
+        r = np.asarray(self.ranges, dtype=float)
+        half = spread * (r[:, 1] - r[:, 0]) / 2
+        centre = np.clip(np.asarray(self.best_fit, dtype=float), r[:, 0] + half, r[:, 1] - half)
+        ranges = tuple((float(c - h), float(c + h)) for c, h in zip(centre, half, strict=True))
+        return dataclasses.replace(self, ranges=ranges)
 
     def sample(self, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
         """n parameter vectors drawn uniformly from the ranges, shape (n, n_params)."""
