@@ -67,9 +67,8 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
         self.pool = tuple(int(p) for p in self.pool)
-        positive = (
-        "features", "centroid_size", "epochs", "batch_size", "sigma", "lr", "stem", "penalty_size"
-    )  # fmt: skip
+        positive = ("features", "centroid_size", "epochs", "batch_size", "sigma", "lr")
+        positive += ("stem", "penalty_size")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

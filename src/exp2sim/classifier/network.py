@@ -176,7 +176,8 @@ def duq_loss(
     reference_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, bce, penalty): binary cross-entropy of K (n, C) against one-hot labels plus
-    lam times the gradient penalty w.r.t. `intensity` (skipped when lam == 0 or None)."""
+    lam times the gradient penalty w.r.t. `intensity` (skipped when lam == 0 or None), with
+    its target norm set by `reference_size` (see `gradient_penalty`)."""
     bce = F.binary_cross_entropy(kernel, onehot.to(kernel.dtype))
     if lam == 0 or intensity is None:
         penalty = torch.zeros((), device=kernel.device)

@@ -92,7 +92,7 @@ PRESETS: dict[str, dict] = {
     # with a higher learning rate, so that ~1,500 iterations already learn something.
     "demo": {
         # Near the best fits: over the full ranges the two models' spectra overlap so much
-        # that 100 per model train a classifier to only 55-65 % (measured).
+        # that 160 per model trained the classifier to 59 % (86 % at spread 0.5; measured).
         "spread": 0.5,
         "n_train": 100,
         "n_train_convolved": 40,

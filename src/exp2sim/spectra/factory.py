@@ -53,9 +53,7 @@ def make_bins_and_mask(
 
 def model_info(config: SimulationConfig) -> dict:
     """Name, parameter names and the ranges parameters are drawn from (narrowed by spread)."""
-    model = load_model(config.model)
-    if model.ranges is not None:
-        model = model.around_best_fit(config.spread)
+    model = load_model(config.model).around_best_fit(config.spread)
     return {
         "name": model.name,
         "parameter_names": list(model.parameter_names),

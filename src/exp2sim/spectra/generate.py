@@ -118,10 +118,9 @@ def draw_parameters(config: SimulationConfig) -> tuple[np.ndarray, int]:
     the seed."""
     from exp2sim.spinwave import SpinWaveTheory, load_model
 
-    model = load_model(config.model)
+    model = load_model(config.model).around_best_fit(config.spread)
     if model.ranges is None:
         raise ValueError(f"model {model.name!r} has no parameter ranges to draw from")
-    model = model.around_best_fit(config.spread)
     swt = SpinWaveTheory(model.system)
     calculator = _calculator(config.to_json())
     rng = np.random.default_rng(config.seed)

@@ -46,10 +46,10 @@ class SpinModel:
         range (so every narrowed range has the same fraction of its width)."""
         if not 0 < spread <= 1:
             raise ValueError(f"spread must be in (0, 1], got {spread}")
-        if self.ranges is None:
-            raise ValueError(f"model {self.name!r} defines no parameter ranges to narrow")
         if spread == 1:
             return self
+        if self.ranges is None:
+            raise ValueError(f"model {self.name!r} defines no parameter ranges to narrow")
         r = np.asarray(self.ranges, dtype=float)
         half = spread * (r[:, 1] - r[:, 0]) / 2
         centre = np.clip(np.asarray(self.best_fit, dtype=float), r[:, 0] + half, r[:, 1] - half)
