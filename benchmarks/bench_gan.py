@@ -7,13 +7,18 @@ and the `small` one (the TrainConfig defaults: ngf 32, 6 blocks, 64 x 64 crops),
    autocast: median over `--steps` timed steps after `--warmup` steps.
 2. The same for `naive_train_step` below, the baseline: a plain eager transcription of the
    DCLGAN/CUT reference code with the same losses and weights (fp32, one network call per
-   image, extra encoder passes for the PatchNCE keys, similarities by broadcasting).
+   image, extra encoder passes for the PatchNCE keys, similarities by broadcasting), on the
+   plain layers (`use_plain_layers`: every convolution through mkldnn/cuDNN directly, the
+   blur layers as depthwise convolutions).
    Before timing anything, both are run on identical copies of a tiny model with identical
-   random-number generators and their losses must agree to 1e-4 (relative, fp32).
+   random-number generators: the first step's losses must agree to 1e-4 and each network's
+   gradient after it to 1e-2 (relative, fp32; see `equality_check`).
 3. The speed-up of the optimised step over the naive one.
-4. Seconds to translate one 240 x 400 spectrum with one generator (`Translator`), fp32 and
-   bf16, and the relative L2 difference between the bf16 and fp32 translations of a blurred
-   synthetic spectrum (the accuracy cost of mixed precision; untrained initial weights).
+4. Seconds to translate one 240 x 400 spectrum with one generator (`Translator`): on the
+   plain layers (the baseline), and on exp2sim's layers (Winograd and per-tap convolutions
+   of exp2sim.gan.fastconv, blur one axis at a time) in fp32 and with bf16 autocast; the
+   speed-up over the plain layers and the relative L2 difference from the plain translation
+   of a blurred synthetic spectrum (untrained initial weights).
 5. Peak memory of one more training step / translation after the timed ones, above the
    memory in use before it (weights, optimiser state, inputs): on CUDA from the allocator
    statistics; on the CPU from the peak resident set size (ru_maxrss, restarted through
@@ -21,8 +26,9 @@ and the `small` one (the TrainConfig defaults: ngf 32, 6 blocks, 64 x 64 crops),
    the RSS follows the tensors), every case in a fresh process (this script re-invoked
    with a hidden --one), as the malloc setting slows a process down.
 6. Achieved FLOP/s (FLOPs counted with torch's FlopCounterMode on the first warm-up call,
-   convolutions and matrix products, backward included) as a fraction of a large matrix
-   product's FLOP/s measured in the same run at the same precision.
+   convolutions and matrix products, backward included; the Winograd route does fewer
+   multiplications for the same result, so its rate is below the plain layers') as a
+   fraction of a large matrix product's FLOP/s measured in the same run at the same precision.
 7. 3D tiling: a small-width 3D generator translates a 64 x 64 x 32 volume (four times the
    32^3 training crop) whole and in tiles (`Translator(max_voxels=32**3)`): wall time, peak
    extra memory and the relative L2 difference between the tiled and the whole result.
@@ -59,8 +65,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from exp2sim.gan import fastconv
 from exp2sim.gan.config import TrainConfig
-from exp2sim.gan.layers import xavier_init
+from exp2sim.gan.layers import BlurDownsample, BlurUpsample, Pad, xavier_init
 from exp2sim.gan.losses import (
     gather_locations,
     masked_l1,
@@ -86,7 +93,11 @@ CHECK_CONFIG: dict[str, Any] = {
     "nce_layers": ("down1", "down2", "block1", "block2"),
     "crop": 32,
 }
-CHECK_TOLERANCE = 1e-4
+CHECK_TOLERANCE = 1e-4  # relative, on the first step's losses
+# relative L2, on the first step's gradients. Inside the step masked pixels are zero-filled,
+# so a masked band is an exactly constant patch whose initial features are all zero and
+# whose PatchNCE direction is round-off: measured 1e-3 with masks, 3e-6 without.
+GRADIENT_TOLERANCE = 1e-2
 SPECTRUM_SHAPE = (240, 400)  # one PCSMO-sized 2D spectrum (energy x momentum)
 VOLUME_SHAPE = (64, 64, 32)  # 4 x 32^3 voxels
 TILE_VOXELS = 32**3
@@ -98,6 +109,55 @@ MiB = 2**20
 # ---------------------------------------------------------------------------------------
 # The baseline: a straightforward eager DCLGAN step
 # ---------------------------------------------------------------------------------------
+
+
+class PlainBlurDownsample(torch.nn.Module):
+    """The straightforward anti-aliased downsampling: reflection padding, then the
+    dim-dimensional [1, 2, 1] binomial filter as a depthwise convolution with stride 2."""
+
+    def __init__(self, dim: int, channels: int) -> None:
+        super().__init__()
+        k1 = torch.tensor([1.0, 2.0, 1.0]) / 4
+        kernel = (
+            k1
+            if dim == 1
+            else (k1[:, None] * k1 if dim == 2 else k1[:, None, None] * k1[:, None] * k1)
+        )
+        self.register_buffer("kernel", kernel.expand(channels, 1, *kernel.shape).clone(), False)
+        self.pad, self.channels, self.dim = Pad(dim, 1), channels, dim
+
+    def blur(self, x: torch.Tensor, stride: int) -> torch.Tensor:
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self.dim - 1]
+        return conv(self.pad(x), self.kernel, stride=stride, groups=self.channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blur(x, 2)
+
+
+class PlainBlurUpsample(PlainBlurDownsample):
+    """The straightforward anti-aliased upsampling: nearest-neighbour repeat, then the
+    padded binomial filter as a depthwise convolution."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blur(F.interpolate(x, scale_factor=2, mode="nearest"), 1)
+
+
+def use_plain_layers(model: torch.nn.Module) -> None:
+    """Make `model` the straightforward implementation of itself: the blur layers become
+    depthwise convolutions (results unchanged to float32 round-off). Together with
+    `fastconv.set_enabled(False)` (every convolution through mkldnn/cuDNN directly) this is
+    the eager reference the optimised layers are compared with."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            plain = {BlurDownsample: PlainBlurDownsample, BlurUpsample: PlainBlurUpsample}
+            if type(child) in plain:
+                setattr(
+                    parent,
+                    name,
+                    plain[type(child)](child.dim, child.channels).to(
+                        next(model.parameters()).device
+                    ),
+                )
 
 
 def naive_nce(
@@ -215,14 +275,26 @@ def training_crops(
     crop: int, device: torch.device, masked: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One (1, 1, crop, crop) crop per domain and its mask: all False, or with `masked` a
-    band of masked columns in each (different bands), the masked pixels set to 0."""
+    band of masked columns in each (different bands).
+
+    Every pixel, masked ones included, gets a uniform noise floor (0 to 0.05, as measured
+    spectra have one): on an exactly constant patch the initial networks (zero biases) give
+    an all-zero feature vector, which PatchNCE normalises to a direction set by round-off,
+    and then the two implementations' gradients could not be compared."""
     a, b = (torch.from_numpy(x)[None, None].to(device) for x in synthetic_pair((crop, crop)))
     mask_a = torch.zeros_like(a, dtype=torch.bool)
     mask_b = torch.zeros_like(b, dtype=torch.bool)
     if masked:
         mask_a[..., -crop // 4 :] = True
         mask_b[..., : crop // 8] = True
-    return a.masked_fill(mask_a, 0.0), mask_a, b.masked_fill(mask_b, 0.0), mask_b
+    floor = torch.from_numpy(np.random.default_rng(1).uniform(0.0, 0.05, (2, 1, 1, crop, crop)))
+    floor = floor.to(device=device, dtype=a.dtype)
+    return (
+        a.masked_fill(mask_a, 0.0) + floor[0],
+        mask_a,
+        b.masked_fill(mask_b, 0.0) + floor[1],
+        mask_b,
+    )
 
 
 def make_generator(dim: int, ngf: int, n_blocks: int) -> ResnetGenerator:
@@ -362,6 +434,9 @@ def run_train_case(spec: dict) -> dict:
     config = TrainConfig(**CONFIGS[spec["config"]], precision=spec["precision"])
     torch.manual_seed(0)
     model = DCLGAN(config, dim=2).to(device)
+    if spec["impl"] == "naive":
+        fastconv.set_enabled(False)
+        use_plain_layers(model)
     opt_g, opt_d = model.optimisers()
     crops = training_crops(config.crop, device)
     rng = torch.Generator().manual_seed(0)
@@ -385,8 +460,12 @@ def run_translate_case(spec: dict) -> dict:
     shape = tuple(spec["shape"])
     dim = len(shape)
     cfg = TrainConfig(**CONFIGS[spec["config"]])
+    generator = make_generator(dim, cfg.ngf, cfg.n_blocks)
+    if spec.get("impl") == "plain":
+        fastconv.set_enabled(False)
+        use_plain_layers(generator)
     translator = Translator(
-        make_generator(dim, cfg.ngf, cfg.n_blocks),
+        generator,
         IntensityScale(q=1.0),
         IntensityScale(q=1.0),
         precision=spec["precision"],
@@ -470,47 +549,60 @@ def relative_l2(x: np.ndarray, reference: np.ndarray) -> float:
 
 def equality_check(device: torch.device) -> dict:
     """Optimised and naive steps on identical copies of a tiny model with identically seeded
-    random-number generators, with and without masks: the losses of two consecutive steps,
-    then the four networks' outputs (relative L2) after them, which checks the updates.
+    random-number generators, with and without masks: the losses of the first step (the
+    forward passes) and each network's gradient after it, relative L2 (the backward passes).
 
-    Parameters themselves are not compared: the biases of convolutions followed by an
-    instance norm have a true gradient of zero, and Adam turns their round-off gradients
-    into +-lr steps of random sign, different in the two runs but without any effect."""
+    Later steps are shown but not compared: this loss's gradient is sensitive to round-off
+    (scaling G_A's initial weights by 1 + 1e-6 moves single elements of its gradient by up to
+    2 % of their RMS), and Adam's first steps are +-lr whatever a gradient's size, so
+    elements near zero take steps of opposite sign in the two runs and the networks drift
+    apart by round-off alone (up to 0.2-0.4 relative L2 in their outputs after two steps)."""
     config = TrainConfig(**CHECK_CONFIG)
     cudnn_tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # true fp32 on CUDA too
     results: dict[str, Any] = {"config": CHECK_CONFIG | {"nce_layers": list(config.nce_layers)}}
-    worst = 0.0
+    worst = worst_gradient = 0.0
     try:
         for masked in (False, True):
             torch.manual_seed(0)
             fast = DCLGAN(config, dim=2).to(device)
             slow = copy.deepcopy(fast)
+            use_plain_layers(slow)
             opts_fast, opts_slow = fast.optimisers(), slow.optimisers()
             rng_fast = torch.Generator().manual_seed(1)
             rng_slow = torch.Generator().manual_seed(1)
             crops = training_crops(config.crop, device, masked)
             steps = []
-            for _ in range(2):
+            gradients: dict[str, float] = {}
+            for step in range(2):
                 lf = fast.train_step(*crops, *opts_fast, rng_fast)
                 ls = naive_train_step(slow, *crops, *opts_slow, rng_slow)
                 steps.append({k: (lf[k], ls[k], relative_diff(lf[k], ls[k])) for k in lf})
-            real_a, _, real_b, _ = crops
-            inputs = {"G_A": real_a, "G_B": real_b, "D_A": real_a, "D_B": real_b}
-            with torch.no_grad():
-                outputs = {
-                    name: relative_l2(
-                        getattr(fast, name)(x).cpu().numpy(), getattr(slow, name)(x).cpu().numpy()
-                    )
-                    for name, x in inputs.items()
-                }
-            worst = max([worst, *outputs.values()] + [d for s in steps for (_, _, d) in s.values()])
-            results["masked" if masked else "unmasked"] = {"steps": steps, "outputs": outputs}
+                if step == 0:
+                    gradients = {
+                        name: relative_l2(
+                            gradient(getattr(fast, name)), gradient(getattr(slow, name))
+                        )
+                        for name in ("G_A", "G_B", "D_A", "D_B")
+                    }
+            worst = max([worst, *(d for (_, _, d) in steps[0].values())])
+            worst_gradient = max([worst_gradient, *gradients.values()])
+            results["masked" if masked else "unmasked"] = {"steps": steps, "gradients": gradients}
     finally:
         torch.backends.cudnn.allow_tf32 = cudnn_tf32
     results["worst"] = worst
-    results["passed"] = worst <= CHECK_TOLERANCE
+    results["worst_gradient"] = worst_gradient
+    results["passed"] = worst <= CHECK_TOLERANCE and worst_gradient <= GRADIENT_TOLERANCE
     return results
+
+
+def gradient(network: torch.nn.Module) -> np.ndarray:
+    """All parameter gradients of a network as one flat array (zeros where there is none)."""
+    parts = [
+        (p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+        for p in network.parameters()
+    ]
+    return torch.cat(parts).detach().cpu().double().numpy()
 
 
 def print_check(check: dict, device: torch.device) -> None:
@@ -522,13 +614,19 @@ def print_check(check: dict, device: torch.device) -> None:
     )
     for name in ("unmasked", "masked"):
         steps = check[name]["steps"]
-        print(f"  {name} crops    optimised (step 1)  naive (step 1)  rel. diff 1  rel. diff 2")
+        print(
+            f"  {name} crops    optimised (step 1)  naive (step 1)  rel. diff 1  "
+            "(step 2, not compared)"
+        )
         for loss, (fast, slow, d1) in steps[0].items():
             print(f"    {loss:4s} {fast:22.8f} {slow:15.8f} {d1:12.1e} {steps[1][loss][2]:12.1e}")
-        outs = ", ".join(f"{k} {v:.1e}" for k, v in check[name]["outputs"].items())
-        print(f"    networks' outputs after 2 steps, rel. L2 diff: {outs}")
+        grads = ", ".join(f"{k} {v:.1e}" for k, v in check[name]["gradients"].items())
+        print(f"    gradients after step 1, rel. L2 diff: {grads}")
     verdict = "PASS" if check["passed"] else "FAIL"
-    print(f"  worst difference {check['worst']:.1e} (tolerance {CHECK_TOLERANCE:g}): {verdict}")
+    print(
+        f"  worst difference: losses {check['worst']:.1e} (tolerance {CHECK_TOLERANCE:g}), "
+        f"gradients {check['worst_gradient']:.1e} (tolerance {GRADIENT_TOLERANCE:g}): {verdict}"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -565,11 +663,12 @@ def plan(args: argparse.Namespace, device: torch.device, tmp: Path) -> list[dict
                         "steps": steps,
                     }
                 )
-        for precision in ("fp32", "bf16"):
+        for impl, precision in (("plain", "fp32"), ("optimised", "fp32"), ("optimised", "bf16")):
             cases.append(
                 {
                     "kind": "translate",
                     "config": name,
+                    "impl": impl,
                     "precision": precision,
                     "shape": list(SPECTRUM_SHAPE),
                     "max_voxels": 2**21,
@@ -599,7 +698,11 @@ def label(case: dict) -> str:
         return f"train {case['config']} {case['impl']}"
     if len(case["shape"]) == 3:
         return f"3D {'x'.join(map(str, case['shape']))} {case['mode']}"
-    return f"translate {case['config']} 240x400"
+    return f"translate {case['config']} 240x400 {case['impl']}"
+
+
+def reference_name(case: dict) -> str:
+    return "naive" if case["kind"] == "train" else "plain"
 
 
 def derive(cases: list[dict], peaks: dict[str, float]) -> None:
@@ -620,17 +723,17 @@ def derive(cases: list[dict], peaks: dict[str, float]) -> None:
         return np.load(case["save"])
 
     for c in cases:
-        if c["kind"] == "translate" and c["precision"] == "bf16":
-            fp32 = output(config=c["config"], shape=c["shape"], precision="fp32")
-            c["rel_l2_vs_fp32"] = relative_l2(np.load(c["save"]), fp32)
+        if c.get("impl") == "optimised" and c["kind"] == "translate":
+            plain = output(config=c["config"], shape=c["shape"], impl="plain")
+            c["rel_l2_vs_plain"] = relative_l2(np.load(c["save"]), plain)
         if c.get("mode") == "tiled":
             c["rel_l2_vs_whole"] = relative_l2(np.load(c["save"]), output(mode="whole"))
 
 
 def notes(c: dict) -> str:
     parts = []
-    if "rel_l2_vs_fp32" in c:
-        parts.append(f"rel. L2 vs fp32 {c['rel_l2_vs_fp32']:.1e}")
+    if "rel_l2_vs_plain" in c:
+        parts.append(f"rel. L2 vs plain fp32 {c['rel_l2_vs_plain']:.1e}")
     if c.get("mode") == "tiled":
         tile = "x".join(map(str, c["tile"]))
         parts.append(f"{c['tiles']} tiles of {tile}, rel. L2 vs whole {c['rel_l2_vs_whole']:.1e}")
@@ -647,7 +750,7 @@ def busy(c: dict) -> bool:
 
 
 def print_progress(c: dict) -> None:
-    speed = f", {c['speedup']:.2f}x vs naive" if "speedup" in c else ""
+    speed = f", {c['speedup']:.2f}x vs {reference_name(c)}" if "speedup" in c else ""
     print(
         f"  {label(c):28s} {c['precision']}: {c['seconds']:8.3f} s (all: "
         f"{', '.join(f'{t:.3f}' for t in c['times'])}), peak +{c['peak_bytes'] / MiB:.0f} MiB, "
@@ -660,7 +763,7 @@ def print_progress(c: dict) -> None:
 
 def markdown(cases: list[dict]) -> str:
     rows = [
-        "| case | precision | s | vs naive | peak extra MiB | GFLOP | GFLOP/s "
+        "| case | precision | s | vs naive/plain | peak extra MiB | GFLOP | GFLOP/s "
         "| % of matmul | notes |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -733,9 +836,17 @@ def main() -> None:
         print(f"\nRunning {len(cases)} cases, each in a fresh process:", flush=True)
         for case in cases:
             case.update(in_subprocess(case))
-            naive = [c for c in cases if c.get("impl") == "naive" and c["config"] == case["config"]]
-            if case["kind"] == "train" and case["impl"] != "naive" and naive:
-                case["speedup"] = naive[0]["seconds"] / case["seconds"]
+            reference = [
+                c
+                for c in cases
+                if c.get("impl") in ("naive", "plain")
+                and c["kind"] == case["kind"]
+                and c["config"] == case["config"]
+                and c.get("shape") == case.get("shape")
+                and "seconds" in c
+            ]
+            if case.get("impl") == "optimised" and reference:
+                case["speedup"] = reference[0]["seconds"] / case["seconds"]
             print_progress(case)
         derive(cases, peaks)
 

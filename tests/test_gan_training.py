@@ -35,8 +35,13 @@ def rel(x, y):
 
 @pytest.fixture(scope="module")
 def blur_run(tmp_path_factory):
-    """A GAN trained for ~1,000 iterations on unpaired 1D spectra: A = sharp lines blurred
-    by a Gaussian of SIGMA pixels, B = sharp lines (other draws). About 30 s on 2 cores."""
+    """A GAN trained for 3,000 iterations on unpaired 1D spectra: A = sharp lines blurred
+    by a Gaussian of SIGMA pixels, B = sharp lines (other draws). About 90 s on 2 cores.
+
+    Why so many at the paper's learning rate: with 1,000 iterations at lr 2e-4, seeds 0-3
+    gave deconvolution errors of 0.43-1.31 (identity 0.65), so the outcome was down to the
+    seed (and to float32 round-off); this setting gave 0.30-0.47 and 0.22-0.27 for
+    convolution (identity 1.08) for all four."""
     root = tmp_path_factory.mktemp("blur")
     shape = (128,)
     np.save(root / "a.npy", blur(sharp_spectra(200, shape, seed=2, width=1.0, lines=4), SIGMA))
@@ -50,8 +55,8 @@ def blur_run(tmp_path_factory):
         nce_layers=("down1", "down2", "block1", "block3"),
         epochs=1,
         epochs_decay=1,
-        iterations_per_epoch=500,
-        lr=2e-4,
+        iterations_per_epoch=1500,
+        lr=1e-4,
         flip_axes=(),
     )
     trainer = Trainer.new(config, root / "a.npy", root / "b.npy", root / "run")
@@ -66,9 +71,9 @@ def test_gan_learns_a_known_blur_and_its_inverse(blur_run):
     exp2sim = Translator.from_run(blur_run / "run", "exp2sim")
     sim2exp = Translator.from_run(blur_run / "run", "sim2exp")
     deconvolved, convolved = exp2sim(blurred), sim2exp(truth)
-    # measured at the time of writing: 0.43-0.45 vs 0.65 and 0.34 vs 1.08
+    # seeds 0-3 at the time of writing: 0.30-0.47 vs 0.65 and 0.22-0.27 vs 1.08
     assert rel(deconvolved, truth) < 0.8 * rel(blurred, truth)
-    assert rel(convolved, blurred) < 0.6 * rel(truth, blurred)
+    assert rel(convolved, blurred) < 0.5 * rel(truth, blurred)
     history = json.loads((blur_run / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2] and all("fid" in h for h in history)
     best = Translator.from_run(blur_run / "run", "exp2sim", checkpoint="best")

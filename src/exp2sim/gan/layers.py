@@ -9,14 +9,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+from exp2sim.gan import fastconv
+
+
+class _FastOnCPU:
+    """Mixin for nn.Conv{1,2,3}d: on the CPU, a layer that exp2sim.gan.fastconv has a faster
+    route for (many-channel 3-wide convolutions, single-output-channel convolutions) runs by
+    it; anything else as usual. Weights, state dict and results (to float32 round-off) are
+    those of the plain layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        faster = fastconv.route(x, self)
+        if faster is None:
+            return super().forward(x)
+        return faster(x, self.weight, self.bias, self.padding[0])
+
+
+class _Conv1d(_FastOnCPU, nn.Conv1d):
+    pass
+
+
+class _Conv2d(_FastOnCPU, nn.Conv2d):
+    pass
+
+
+class _Conv3d(_FastOnCPU, nn.Conv3d):
+    pass
+
+
+_CONV = {1: _Conv1d, 2: _Conv2d, 3: _Conv3d}
 _NORM = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 
 
 def conv(
     dim: int, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0
 ) -> nn.Module:
-    """A dim-dimensional convolution."""
+    """A dim-dimensional convolution (zero padding)."""
     return _CONV[dim](c_in, c_out, kernel, stride=stride, padding=padding)
 
 
@@ -38,45 +66,61 @@ class Pad(nn.Module):
         return F.pad(x, [self.width] * (2 * self.dim), mode="replicate" if short else "reflect")
 
 
-def _binomial_kernel(dim: int, taps: tuple[float, ...]) -> torch.Tensor:
-    """Separable normalised smoothing kernel, shape (taps,) * dim."""
-    k1 = torch.tensor(taps, dtype=torch.float32)
-    k1 = k1 / k1.sum()
-    kernel = k1
-    for _ in range(dim - 1):
-        kernel = kernel[..., None] * k1
-    return kernel
+def _along(x: torch.Tensor, axis: int, index: slice) -> torch.Tensor:
+    """x indexed by `index` along `axis`, whole along every other axis."""
+    return x[(slice(None),) * axis + (index,)]
 
 
-class _Blur(nn.Module):
-    """A per-channel [1, 2, 1] binomial low-pass with reflection padding."""
+def _pad_axis(x: torch.Tensor, axis: int, mode: str) -> torch.Tensor:
+    """x padded by one sample at both ends of one axis."""
+    pad = [0, 0] * (x.dim() - 2)
+    pad[2 * (x.dim() - 1 - axis) : 2 * (x.dim() - axis)] = [1, 1]
+    return F.pad(x, pad, mode=mode)
+
+
+class BlurDownsample(nn.Module):
+    """Anti-aliased downsampling by 2 (Zhang 2019, "Making CNNs shift-invariant again"): a
+    [1, 2, 1] / 4 binomial low-pass with reflection padding (replication where an axis is
+    too short), then every second sample. Done one axis at a time, which gives the same
+    result as the separable dim-dimensional filter but touches far less memory. The
+    channel count is kept for the layer's signature; the filter is the same for all."""
 
     def __init__(self, dim: int, channels: int) -> None:
         super().__init__()
         self.dim, self.channels = dim, channels
-        kernel = _binomial_kernel(dim, (1.0, 2.0, 1.0))
-        self.register_buffer("kernel", kernel.expand(channels, 1, *kernel.shape).clone(), False)
-        self.pad = Pad(dim, 1)
-
-    def blur(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
-        conv_fn = (F.conv1d, F.conv2d, F.conv3d)[self.dim - 1]
-        return conv_fn(self.pad(x), self.kernel.to(x.dtype), stride=stride, groups=self.channels)
-
-
-class BlurDownsample(_Blur):
-    """Anti-aliased downsampling by 2 (Zhang 2019, "Making CNNs shift-invariant again"):
-    the low-pass, then every second sample."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blur(x, stride=2)
+        mode = "replicate" if min(x.shape[2:]) <= 1 else "reflect"
+        for axis in range(2, x.dim()):
+            p = _pad_axis(x, axis, mode)
+            m = (x.shape[axis] + 1) // 2  # outputs along this axis
+            left = _along(p, axis, slice(0, 2 * m - 1, 2))
+            centre = _along(p, axis, slice(1, 2 * m, 2))
+            right = _along(p, axis, slice(2, 2 * m + 1, 2))
+            x = (left + right).add_(centre, alpha=2.0).mul_(0.25)
+        return x
 
 
-class BlurUpsample(_Blur):
-    """Anti-aliased upsampling by 2: nearest-neighbour repeat, then the low-pass (together
-    the [1, 3, 3, 1] interpolation filter of Zhang's up-sampling layer)."""
+class BlurUpsample(nn.Module):
+    """Anti-aliased upsampling by 2: nearest-neighbour repeat, then the [1, 2, 1] / 4
+    low-pass with reflection padding, which together are Zhang's [1, 3, 3, 1] interpolation
+    filter. Per axis and sample i that is 3/4 x[i] + 1/4 x[i -+ 1] for the two outputs it
+    makes, with the edge sample repeated; computed that way, one axis at a time."""
+
+    def __init__(self, dim: int, channels: int) -> None:
+        super().__init__()
+        self.dim, self.channels = dim, channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blur(F.interpolate(x, scale_factor=2, mode="nearest"))
+        for axis in range(2, x.dim()):
+            n = x.shape[axis]
+            q = _pad_axis(x, axis, "replicate")
+            centre = _along(q, axis, slice(1, n + 1))
+            below = torch.lerp(centre, _along(q, axis, slice(0, n)), 0.25)
+            above = torch.lerp(centre, _along(q, axis, slice(2, n + 2)), 0.25)
+            out = torch.stack((below, above), dim=axis + 1)
+            x = out.flatten(axis, axis + 1)
+        return x
 
 
 def xavier_init(module: nn.Module, gain: float = 0.02) -> None:
