@@ -1,7 +1,9 @@
 """Dataset generation: NeXus layout, determinism, interruption (also kill -9) and resume."""
 
+import dataclasses
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -46,7 +48,7 @@ def test_file_layout_parameters_and_resume(tmp_path):
     part = Job(config, tmp_path / "part.h5")
     params = part.prepare()
     np.testing.assert_array_equal(params, data.parameters)
-    part.save_chunk(2, compute_chunk(part.config_json, params[2:4]))
+    part.save_chunk(2, compute_chunk(part.calculator_json, params[2:4]))
     summary = part.run(workers=1)
     assert summary["computed"] == 4  # the finished chunk is not computed again
     np.testing.assert_array_equal(read_dataset(tmp_path / "part.h5").signal, data.signal)
@@ -240,3 +242,27 @@ def test_job_with_given_parameters_pairs_spectra(tmp_path):
     with pytest.raises(ValueError, match="unstable"):
         Job(SimulationConfig(model="dimer", n=1), tmp_path / "c.h5",
             parameters=np.array([MARGINAL_DIMER])).prepare()  # fmt: skip
+
+
+def test_jobs_that_differ_only_in_draws_share_one_calculator():
+    """n, seed, chunk and spread only decide which parameters are drawn: jobs differing in
+    them reuse a process's calculator (a Monte Carlo one takes seconds to build), while
+    anything that changes the spectra gives another."""
+    base = SimulationConfig(model="dimer", n=10, resolution="montecarlo", n_mc=4)
+    other_draws = dataclasses.replace(base, n=3, seed=7, chunk=2, spread=0.5)
+    assert other_draws.calculator_json() == base.calculator_json()
+    for change in ({"n_mc": 9}, {"resolution": "none"}, {"model": "goodenough"}):
+        assert dataclasses.replace(base, **change).calculator_json() != base.calculator_json()
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="glibc's mallopt only",
+)
+def test_workers_get_glibcs_adaptive_malloc_thresholds_back():
+    """Dask's workers start with MALLOC_TRIM_THRESHOLD_ set, which freezes glibc's mmap
+    threshold; compute_chunk resets both thresholds (mallopt accepts the values)."""
+    code = "from exp2sim.spectra.generate import _restore_malloc_thresholds as r; print(r())"
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "True", out.stderr

@@ -79,7 +79,7 @@ def paired_parameters(config: SimulationConfig) -> np.ndarray:
     config's convolved calculator and its unconvolved twin can compute: for test spectra
     simulated both ways from the same parameters."""
     params, _ = draw_parameters(replace(config, n=config.n + max(4, config.n // 5)))
-    unconvolved = _calculator(replace(config, resolution="none", n=1).to_json())
+    unconvolved = _calculator(replace(config, resolution="none").calculator_json())
     params = params[unconvolved.stable(params)]
     if len(params) < config.n:
         raise ValueError(
