@@ -112,6 +112,9 @@ def test_routes_are_taken_only_where_they_pay_and_are_exact():
     assert fastconv.route(x_head.requires_grad_(), head) is None
     with fastconv.disabled():
         assert fastconv.route(x_wide, wide) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: torch's own
+        assert fastconv.route(x_wide, wide) is None
+    assert fastconv.route(x_wide.bfloat16(), wide) is None
     assert fastconv.route(x_wide, wide) is fastconv.winograd_conv
     with torch.no_grad():
         expected = F.conv2d(x_wide, wide.weight, wide.bias, padding=1)

@@ -90,6 +90,9 @@ def route(x: torch.Tensor, layer: torch.nn.Module) -> Callable[..., torch.Tensor
     f(x, weight, bias, padding); None where mkldnn's own convolution is the better choice."""
     if not _enabled or x.device.type != "cpu":
         return None
+    # the transforms' products lose too much in bfloat16 (and autocast would make them so)
+    if x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled("cpu"):
+        return None
     dim = x.dim() - 2
     plain = (
         layer.stride == (1,) * dim
