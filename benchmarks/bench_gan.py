@@ -65,7 +65,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from exp2sim.gan import fastconv
 from exp2sim.gan.config import TrainConfig
 from exp2sim.gan.layers import BlurDownsample, BlurUpsample, Pad, xavier_init
 from exp2sim.gan.losses import (
@@ -118,11 +117,9 @@ class PlainBlurDownsample(torch.nn.Module):
     def __init__(self, dim: int, channels: int) -> None:
         super().__init__()
         k1 = torch.tensor([1.0, 2.0, 1.0]) / 4
-        kernel = (
-            k1
-            if dim == 1
-            else (k1[:, None] * k1 if dim == 2 else k1[:, None, None] * k1[:, None] * k1)
-        )
+        kernel = k1
+        for _ in range(dim - 1):
+            kernel = kernel[..., None] * k1
         self.register_buffer("kernel", kernel.expand(channels, 1, *kernel.shape).clone(), False)
         self.pad, self.channels, self.dim = Pad(dim, 1), channels, dim
 
@@ -142,22 +139,35 @@ class PlainBlurUpsample(PlainBlurDownsample):
         return self.blur(F.interpolate(x, scale_factor=2, mode="nearest"), 1)
 
 
+PLAIN_BLUR = {BlurDownsample: PlainBlurDownsample, BlurUpsample: PlainBlurUpsample}
+PLAIN_CONV = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
+
+
+def plain_layer(layer: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
+    """The straightforward version of one of exp2sim's layers, or None if it is plain:
+    a blur layer as a depthwise convolution, a convolution as torch's own class (no
+    exp2sim.gan.fastconv routes) sharing the same weight and bias."""
+    if type(layer) in PLAIN_BLUR:
+        return PLAIN_BLUR[type(layer)](layer.dim, layer.channels).to(device)
+    plain = PLAIN_CONV.get(len(getattr(layer, "kernel_size", ())))
+    if plain is None or type(layer) is plain or not isinstance(layer, plain):
+        return None
+    new = plain(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                layer.padding, layer.dilation, layer.groups, layer.bias is not None,
+                layer.padding_mode, device="meta")  # fmt: skip
+    new.weight, new.bias = layer.weight, layer.bias
+    return new
+
+
 def use_plain_layers(model: torch.nn.Module) -> None:
-    """Make `model` the straightforward implementation of itself: the blur layers become
-    depthwise convolutions (results unchanged to float32 round-off). Together with
-    `fastconv.set_enabled(False)` (every convolution through mkldnn/cuDNN directly) this is
-    the eager reference the optimised layers are compared with."""
+    """Make `model` the straightforward implementation of itself (results unchanged to
+    float32 round-off): the eager reference the optimised layers are compared with."""
+    device = next(model.parameters()).device
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            plain = {BlurDownsample: PlainBlurDownsample, BlurUpsample: PlainBlurUpsample}
-            if type(child) in plain:
-                setattr(
-                    parent,
-                    name,
-                    plain[type(child)](child.dim, child.channels).to(
-                        next(model.parameters()).device
-                    ),
-                )
+            plain = plain_layer(child, device)
+            if plain is not None:
+                setattr(parent, name, plain)
 
 
 def naive_nce(
@@ -435,7 +445,6 @@ def run_train_case(spec: dict) -> dict:
     torch.manual_seed(0)
     model = DCLGAN(config, dim=2).to(device)
     if spec["impl"] == "naive":
-        fastconv.set_enabled(False)
         use_plain_layers(model)
     opt_g, opt_d = model.optimisers()
     crops = training_crops(config.crop, device)
@@ -462,7 +471,6 @@ def run_translate_case(spec: dict) -> dict:
     cfg = TrainConfig(**CONFIGS[spec["config"]])
     generator = make_generator(dim, cfg.ngf, cfg.n_blocks)
     if spec.get("impl") == "plain":
-        fastconv.set_enabled(False)
         use_plain_layers(generator)
     translator = Translator(
         generator,

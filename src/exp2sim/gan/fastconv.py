@@ -59,30 +59,24 @@ _AT = [
 ]
 
 
-# Where F(4, 3) beat mkldnn's direct convolution on a 2-core Xeon (forward 1.5-1.8x,
-# forward + backward 1.3-1.5x at 256 channels and 64 x 64 or 60 x 100 pixels; at 128
-# channels, at 16 x 16 pixels, in 1D and in 3D it was no faster or slower).
+# Where F(4, 3) beat mkldnn's direct convolution on a 2-core Xeon: forward 1.5-1.8x and
+# forward + backward 1.2-1.5x at 256 channels on 64 x 64 or 60 x 100 pixels. At 128
+# channels forward gained 1.1-1.3x but forward + backward 0.9-1.1x; at 16 x 16 pixels, in
+# 1D (256 channels) and in 3D it was no faster or slower.
 MIN_CHANNELS = 256
 MIN_PIXELS = 32 * 32
 _enabled = True
 
 
-def set_enabled(enabled: bool) -> None:
-    """Switch the faster routes on or off for this process (off: every convolution runs
-    through mkldnn/cuDNN directly, the benchmarks' reference)."""
-    global _enabled
-    _enabled = enabled
-
-
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
-    """Within this context every convolution runs directly."""
-    before = _enabled
-    set_enabled(False)
+    """Within this context every convolution runs through mkldnn/cuDNN directly."""
+    global _enabled
+    before, _enabled = _enabled, False
     try:
         yield
     finally:
-        set_enabled(before)
+        _enabled = before
 
 
 def route(x: torch.Tensor, layer: torch.nn.Module) -> Callable[..., torch.Tensor] | None:
@@ -110,7 +104,8 @@ def route(x: torch.Tensor, layer: torch.nn.Module) -> Callable[..., torch.Tensor
         and x.shape[2] * x.shape[3] >= MIN_PIXELS
     ):
         return winograd_conv
-    if layer.out_channels == 1 and not (torch.is_grad_enabled() and x.requires_grad):
+    cubic = len(set(layer.kernel_size)) == 1
+    if cubic and layer.out_channels == 1 and not (torch.is_grad_enabled() and x.requires_grad):
         return single_output_conv
     return None
 
@@ -149,8 +144,7 @@ class _WinogradConv(torch.autograd.Function):
     def forward(ctx, x, weight, bias, padding):  # noqa: ANN001, ANN205 (autograd's signature)
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.has_bias = padding, bias is not None
-        with torch.no_grad():
-            return _winograd(x, weight, bias, padding)
+        return _winograd(x, weight, bias, padding)
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
@@ -217,8 +211,9 @@ def single_output_conv(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int = 0
 ) -> torch.Tensor:
     """The convolution `F.conv{d}d(x, weight, bias, padding=padding)` (stride 1, zero
-    padding) for weight (1, C, k, ..., k): one product (k^d, C) @ (C, pixels) gives each tap's
-    weighted channel sum, and the output adds those maps shifted by their taps.
+    padding) for a cubic kernel, weight (1, C, k, ..., k): one product (k^d, C) @
+    (C, pixels) gives each tap's weighted channel sum, and the output adds those maps
+    shifted by their taps.
 
     x: (B, C, *S); returns (B, 1, *S') with S' = S + 2 padding - k + 1.
     """

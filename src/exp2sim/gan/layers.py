@@ -118,8 +118,7 @@ class BlurUpsample(nn.Module):
             centre = _along(q, axis, slice(1, n + 1))
             below = torch.lerp(centre, _along(q, axis, slice(0, n)), 0.25)
             above = torch.lerp(centre, _along(q, axis, slice(2, n + 2)), 0.25)
-            out = torch.stack((below, above), dim=axis + 1)
-            x = out.flatten(axis, axis + 1)
+            x = torch.stack((below, above), dim=axis + 1).flatten(axis, axis + 1)
         return x
 
 
