@@ -255,6 +255,10 @@ def naive_train_step(
     nce = 0.5 * (nce_ab + nce_ba)
     idt = 0.5 * (masked_l1(idt_b, real_b, mask_b) + masked_l1(idt_a, real_a, mask_a))
     loss_g = c.lambda_gan * gan_g + c.lambda_nce * nce + c.lambda_idt * idt + c.lambda_aux * aux_g
+    with torch.set_grad_enabled(c.lambda_intensity > 0):
+        intensity = model.intensity_loss(fake_b, real_a, fake_a, real_b)
+    if c.lambda_intensity:
+        loss_g = loss_g + c.lambda_intensity * intensity
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
@@ -265,6 +269,7 @@ def naive_train_step(
         "nce": nce.item(),
         "idt": idt.item(),
         "aux": aux_g.item(),
+        "intensity": intensity.item(),
     }
 
 
@@ -627,7 +632,7 @@ def print_check(check: dict, device: torch.device) -> None:
             "(step 2, not compared)"
         )
         for loss, (fast, slow, d1) in steps[0].items():
-            print(f"    {loss:4s} {fast:22.8f} {slow:15.8f} {d1:12.1e} {steps[1][loss][2]:12.1e}")
+            print(f"    {loss:9s} {fast:17.8f} {slow:15.8f} {d1:12.1e} {steps[1][loss][2]:12.1e}")
         grads = ", ".join(f"{k} {v:.1e}" for k, v in check[name]["gradients"].items())
         print(f"    gradients after step 1, rel. L2 diff: {grads}")
     verdict = "PASS" if check["passed"] else "FAIL"

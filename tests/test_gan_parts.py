@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter
 
 from exp2sim.gan.checkpoint import load_state, read_info, save_state
 from exp2sim.gan.config import TrainConfig, load_preset
@@ -152,6 +153,56 @@ def test_normalisation_inverts_and_ignores_hot_pixels():
     assert scale.transform(np.array([-2.0])) == -scale.transform(np.array([2.0]))
     with pytest.raises(ValueError, match="all zero"):
         IntensityScale.fit(np.zeros((3, 3)))
+
+
+def test_mean_intensity_scale_is_the_same_with_and_without_resolution():
+    """Blurring conserves intensity: the "mean" scale of a sharp set and of its blurred copy
+    agree, the 99th percentile does not (sharp lines are brighter). A hot pixel moves
+    neither."""
+    sharp = sharp_spectra(30, (48, 64), seed=3, mask_fraction=0.1)
+    blurred = blur(sharp, 2.0)
+    # blur() renormalises at the mask edge, so the sums agree to about a per cent
+    assert np.nansum(blurred) == pytest.approx(np.nansum(sharp), rel=0.02)
+    mean = [IntensityScale.fit(x, statistic="mean").q for x in (sharp, blurred)]
+    pct = [IntensityScale.fit(x).q for x in (sharp, blurred)]
+    assert mean[0] / mean[1] == pytest.approx(1.0, abs=0.03)
+    assert pct[0] / pct[1] > 1.5
+    # 20x the clipped mean over measured pixels, zeros included
+    v = sharp[np.isfinite(sharp)]
+    assert mean[0] == pytest.approx(20 * np.minimum(v, np.percentile(v, 99.9)).mean(), rel=1e-6)
+    hot = sharp.copy()
+    hot[0, 5, 5] = 1e7
+    assert IntensityScale.fit(hot, statistic="mean").q == pytest.approx(mean[0], rel=0.01)
+    with pytest.raises(ValueError, match="unknown intensity statistic"):
+        IntensityScale.fit(sharp, statistic="median")
+    with pytest.raises(ValueError, match="intensity_scale must be"):
+        TrainConfig(intensity_scale="max")
+
+
+def test_intensity_loss_allows_blurring_but_not_losing_intensity():
+    """The loss compares intensities smoothed over 4 pixels: a blurred copy (intensity moved
+    by a pixel or two) costs little, the same spectra at 60 % of their intensity cost a lot,
+    and different normalisations of the two domains are undone before comparing."""
+    model = DCLGAN(TrainConfig(**TINY, lambda_intensity=1.0), 2)
+    sharp = sharp_spectra(4, (48, 48), seed=2)
+    blurred = blur(sharp, 1.5)
+    a, b = IntensityScale(q=1.5), IntensityScale(q=3.0)
+    model.set_scales(a, b)
+
+    def z(x, scale):
+        return torch.from_numpy(scale.transform(x)).unsqueeze(1)
+
+    def loss(fake_b, real_a):  # both directions with the same pair of spectra
+        return model.intensity_loss(z(fake_b, b), z(real_a, a), z(fake_b, a), z(real_a, b))
+
+    same = loss(sharp, sharp).item()
+    moved = loss(blurred, sharp).item()
+    dimmer = loss(0.6 * sharp, sharp).item()
+    assert same < 1e-6
+    assert dimmer > 5 * moved > 0
+    # the value: mean |smoothed difference| in units of s of the output's domain
+    smooth = gaussian_filter(0.4 * sharp, (0, 4, 4), mode="constant", truncate=3).mean()
+    assert dimmer == pytest.approx(0.5 * (smooth / b.s + smooth / a.s), rel=1e-4)
 
 
 def test_frechet_distance_closed_form_and_blur_sensitivity():

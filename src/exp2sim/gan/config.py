@@ -30,6 +30,10 @@ class TrainConfig:
     lambda_nce: float = 4.0
     lambda_idt: float = 2.0
     lambda_aux: float = 1.0
+    # not in the paper: resolution moves intensity only locally, so a translation should keep
+    # the intensity smoothed by a Gaussian of `intensity_sigma` pixels (see DCLGAN)
+    lambda_intensity: float = 0.0
+    intensity_sigma: float = 4.0
     # optimisation: Adam, constant lr for `epochs`, then linear decay to 0 over `epochs_decay`
     lr: float = 1e-4
     beta1: float = 0.5
@@ -41,7 +45,8 @@ class TrainConfig:
     # data
     crop: int = 64  # side of the random training crops (clipped to the data, multiple of 4)
     flip_axes: tuple[int, ...] = (-1,)  # spatial axes flipped at random (-1: the last)
-    percentile: float = 99.0  # intensity normalisation, see normalisation.py
+    intensity_scale: str = "percentile"  # percentile or mean, see normalisation.py
+    percentile: float = 99.0  # for intensity_scale = percentile
     compression: float = 10.0
     val_fraction: float = 0.1  # spectra held out of each domain for model selection
     # bookkeeping
@@ -58,9 +63,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.nce_layers = tuple(self.nce_layers)
         self.flip_axes = tuple(self.flip_axes)
+        if self.intensity_scale not in ("percentile", "mean"):
+            raise ValueError(
+                f"intensity_scale must be percentile or mean, not {self.intensity_scale!r}"
+            )
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {self.precision!r}")
-        for name in ("ngf", "n_blocks", "ndf", "d_layers", "nce_patches", "batch_size"):
+        for name in (
+            "ngf", "n_blocks", "ndf", "d_layers", "nce_patches", "batch_size", "intensity_sigma"
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         from exp2sim.gan.networks import encoder_layer_names

@@ -47,6 +47,7 @@ class Domain:
         scale: IntensityScale | None = None,
         percentile: float = 99.0,
         compression: float = 10.0,
+        statistic: str = "percentile",
     ) -> Domain:
         """Hold out round(val_fraction * n) spectra (at least 1, if n > 1) chosen by `seed`;
         fit the intensity scale on the training part unless one is given."""
@@ -57,7 +58,7 @@ class Domain:
         if n_val == 0:
             val = train
         if scale is None:
-            scale = IntensityScale.fit(train, percentile, compression)
+            scale = IntensityScale.fit(train, percentile, compression, statistic)
         return cls(scale.transform(train), scale.transform(val), scale)
 
 

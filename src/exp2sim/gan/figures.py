@@ -16,7 +16,7 @@ from exp2sim.fileio import atomic_path  # noqa: E402
 if TYPE_CHECKING:
     from exp2sim.gan.train import Trainer
 
-LOSSES = ("D", "G", "gan", "nce", "idt", "aux")
+LOSSES = ("D", "G", "gan", "nce", "idt", "aux", "intensity")
 
 
 def _save(fig: plt.Figure, path: Path) -> None:

@@ -57,6 +57,20 @@ def gather_locations(feats: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.gather(flat, 1, ids[..., None].expand(-1, -1, flat.shape[-1]))
 
 
+def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x (B, C, *S) smoothed along each spatial axis by a Gaussian of standard deviation
+    `sigma` pixels (truncated at 3 sigma, zeros beyond the edges); same shape."""
+    radius = max(1, round(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    for axis in range(2, x.dim()):
+        moved = x.movedim(axis, -1)
+        flat = F.conv1d(moved.reshape(-1, 1, moved.shape[-1]), kernel, padding=radius)
+        x = flat.view(moved.shape).movedim(-1, axis)
+    return x
+
+
 def patch_nce(query: torch.Tensor, key: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """PatchNCE (InfoNCE over patches of one image; Park et al. 2020).
 

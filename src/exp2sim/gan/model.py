@@ -19,7 +19,13 @@ One training step (`DCLGAN.train_step`):
    are the queries (head F_B); the keys are real_A's patches at the same locations from
    G_A's encoder (head F_A). The other direction mirrors it.
    Identity: |idt_B - real_B| and |idt_A - real_A|.
-   loss_G = l_gan*mean(GAN) + l_nce*mean(NCE) + l_idt*mean(idt) + l_aux*mean(aux).
+   Intensity (exp2sim's, off in the paper's setting): |smooth(I(fake_B)) - smooth(I(real_A))|
+   and the same for fake_A, with I the intensities (the normalisation undone) and smooth a
+   Gaussian of intensity_sigma pixels. Resolution moves intensity by a few pixels but
+   conserves it; nothing else in the paper's losses asks a translation to keep it, and with
+   short training the paper's generators lost 30-60 % of it (evaluation/config.py).
+   loss_G = l_gan*mean(GAN) + l_nce*mean(NCE) + l_idt*mean(idt) + l_aux*mean(aux)
+            + l_intensity*mean(intensity).
 
 Masked pixels enter as 0, are excluded from every loss (see losses.py), and translations
 are set to 0 there, so a mask is never filled in.
@@ -28,17 +34,20 @@ are set to 0 there, so a mask is never filled in.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from exp2sim.gan.config import TrainConfig
 from exp2sim.gan.layers import xavier_init
 from exp2sim.gan.losses import (
     gather_locations,
+    gaussian_lowpass,
     masked_l1,
     patch_mse,
     patch_nce,
@@ -46,6 +55,7 @@ from exp2sim.gan.losses import (
     valid_fraction,
 )
 from exp2sim.gan.networks import PatchDiscriminator, ProjectionHeads, ResnetGenerator
+from exp2sim.gan.normalisation import IntensityScale
 
 SIM, EXP = 1.0, 0.0  # auxiliary class labels
 
@@ -96,6 +106,29 @@ class DCLGAN(nn.Module):
         self.F_A = ProjectionHeads(channels, c.nce_units)
         self.F_B = ProjectionHeads(channels, c.nce_units)
         xavier_init(self)
+        # each domain's (s, asinh(compression)) of its IntensityScale, for the intensity loss
+        self.scales: tuple[tuple[float, float], tuple[float, float]] = ((1.0, 1.0), (1.0, 1.0))
+
+    def set_scales(self, scale_a: IntensityScale, scale_b: IntensityScale) -> None:
+        """The domains' intensity normalisations (needed for lambda_intensity > 0)."""
+        self.scales = tuple((s.s, math.asinh(s.compression)) for s in (scale_a, scale_b))
+
+    def _intensity(self, z: torch.Tensor, domain: int, unit: int) -> torch.Tensor:
+        """Normalised values of `domain` (0: A, 1: B) -> intensities smoothed by a Gaussian
+        of intensity_sigma pixels, in units of s of domain `unit`."""
+        s, a = self.scales[domain]
+        smooth = gaussian_lowpass(torch.sinh(z * a), self.config.intensity_sigma)
+        return smooth * (s / self.scales[unit][0])
+
+    def intensity_loss(
+        self, fake_b: torch.Tensor, real_a: torch.Tensor, fake_a: torch.Tensor, real_b: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean |difference| between the smoothed intensities of each translation and of its
+        input, in units of s of the translation's domain, averaged over both directions.
+        Masked pixels are zero in both (translations are masked with their input's mask)."""
+        ab = F.l1_loss(self._intensity(fake_b, 1, 1), self._intensity(real_a, 0, 1))
+        ba = F.l1_loss(self._intensity(fake_a, 0, 0), self._intensity(real_b, 1, 0))
+        return 0.5 * (ab + ba)
 
     def generator_parameters(self) -> list[nn.Parameter]:
         return [p for m in (self.G_A, self.G_B, self.F_A, self.F_B) for p in m.parameters()]
@@ -197,6 +230,10 @@ class DCLGAN(nn.Module):
         loss_g = (
             c.lambda_gan * gan_g + c.lambda_nce * nce + c.lambda_idt * idt + c.lambda_aux * aux_g
         )
+        with torch.set_grad_enabled(c.lambda_intensity > 0):  # else only reported
+            intensity = self.intensity_loss(fake_b, real_a, fake_a, real_b)
+        if c.lambda_intensity:
+            loss_g = loss_g + c.lambda_intensity * intensity
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         average_gradients(self.generator_parameters())
@@ -208,6 +245,7 @@ class DCLGAN(nn.Module):
             "nce": nce.item(),
             "idt": idt.item(),
             "aux": aux_g.item(),
+            "intensity": intensity.item(),
         }
 
 

@@ -96,7 +96,11 @@ def prepare_data(
             f"domain A holds {spectra_a.ndim - 1}D spectra but domain B "
             f"{spectra_b.ndim - 1}D spectra"
         )
-    kw = {"percentile": config.percentile, "compression": config.compression}
+    kw = {
+        "percentile": config.percentile,
+        "compression": config.compression,
+        "statistic": config.intensity_scale,
+    }
     scale_a = IntensityScale(**saved["scale_a"]) if saved else None
     scale_b = IntensityScale(**saved["scale_b"]) if saved else None
     a = Domain.from_spectra(spectra_a, config.val_fraction, config.seed, scale_a, **kw)
@@ -122,6 +126,7 @@ class Trainer:
         self.device = pick_device(config.device)
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = DCLGAN(config, data.dim).to(self.device)
+        self.model.set_scales(data.a.scale, data.b.scale)
         self.opt_g, self.opt_d = self.model.optimisers()
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         self.samplers = (
