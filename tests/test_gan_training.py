@@ -100,7 +100,7 @@ def test_tiled_translation_matches_whole_translation(blur_run):
     x[:, 500:540] = np.nan
     t = Translator.from_run(blur_run / "run", "exp2sim")
     whole = t(x)
-    t.max_voxels = 256  # five tiles of 256 with 64 overlap
+    t.max_voxels = 256  # seven tiles of 256 overlapping by 128
     tiled = t(x)
     np.testing.assert_array_equal(np.isnan(tiled), np.isnan(x))
     ok = ~np.isnan(x)
