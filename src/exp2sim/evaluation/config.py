@@ -96,7 +96,10 @@ PRESETS: dict[str, dict] = {
     # GAN-convolved spectra; paired PSNRs and SSIMs of deconvolution / convolution; share of
     # the input's intensity kept; the untranslated inputs: 29.4 / 25.4 dB, 0.870 / 0.844):
     #   the paper's losses and normalisation:  93.8 / 90.0 %, 24.3 / 24.9 dB, 0.64 / 0.76, 40 / 68 %
+    #   intensity loss 5 only:                 90.0 / 92.5 %, 25.7 / 25.3 dB, 0.75 / 0.77, 81 / 62 %
+    #   mean scales only:                      96.3 / 90.0 %, 25.2 / 25.4 dB, 0.72 / 0.77, 94 / 77 %
     #   mean scales, intensity loss 5 (this):  93.8 / 90.0 %, 25.2 / 25.4 dB, 0.72 / 0.78, 91 / 84 %
+    # (one run each: both additions help, neither clearly more than the other)
     # A generator that adds its output to its input (starting as the identity) kept the
     # input's PSNR when deconvolving (29.2-29.4 dB) but stayed near the identity: it did not
     # learn the 1D blur task of tests/test_gan_training.py. Not kept.
