@@ -34,7 +34,6 @@ are set to 0 there, so a mask is never filled in.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -106,19 +105,18 @@ class DCLGAN(nn.Module):
         self.F_A = ProjectionHeads(channels, c.nce_units)
         self.F_B = ProjectionHeads(channels, c.nce_units)
         xavier_init(self)
-        # each domain's (s, asinh(compression)) of its IntensityScale, for the intensity loss
-        self.scales: tuple[tuple[float, float], tuple[float, float]] = ((1.0, 1.0), (1.0, 1.0))
+        # the domains' normalisations, for the intensity loss (s = 1 until set_scales)
+        self.scales = (IntensityScale(q=10.0), IntensityScale(q=10.0))
 
     def set_scales(self, scale_a: IntensityScale, scale_b: IntensityScale) -> None:
         """The domains' intensity normalisations (needed for lambda_intensity > 0)."""
-        self.scales = tuple((s.s, math.asinh(s.compression)) for s in (scale_a, scale_b))
+        self.scales = (scale_a, scale_b)
 
-    def _intensity(self, z: torch.Tensor, domain: int, unit: int) -> torch.Tensor:
-        """Normalised values of `domain` (0: A, 1: B) -> intensities smoothed by a Gaussian
-        of intensity_sigma pixels, in units of s of domain `unit`."""
-        s, a = self.scales[domain]
-        smooth = gaussian_lowpass(torch.sinh(z * a), self.config.intensity_sigma)
-        return smooth * (s / self.scales[unit][0])
+    def _smoothed_intensity(self, z: torch.Tensor, domain: int) -> torch.Tensor:
+        """Normalised values of `domain` (0: A, 1: B) -> intensities (IntensityScale.inverse,
+        differentiable) smoothed by a Gaussian of intensity_sigma pixels."""
+        scale = self.scales[domain]
+        return gaussian_lowpass(scale.s * torch.sinh(z * scale.gain), self.config.intensity_sigma)
 
     def intensity_loss(
         self, fake_b: torch.Tensor, real_a: torch.Tensor, fake_a: torch.Tensor, real_b: torch.Tensor
@@ -126,8 +124,9 @@ class DCLGAN(nn.Module):
         """Mean |difference| between the smoothed intensities of each translation and of its
         input, in units of s of the translation's domain, averaged over both directions.
         Masked pixels are zero in both (translations are masked with their input's mask)."""
-        ab = F.l1_loss(self._intensity(fake_b, 1, 1), self._intensity(real_a, 0, 1))
-        ba = F.l1_loss(self._intensity(fake_a, 0, 0), self._intensity(real_b, 1, 0))
+        i = self._smoothed_intensity
+        ab = F.l1_loss(i(fake_b, 1), i(real_a, 0)) / self.scales[1].s
+        ba = F.l1_loss(i(fake_a, 0), i(real_b, 1)) / self.scales[0].s
         return 0.5 * (ab + ba)
 
     def generator_parameters(self) -> list[nn.Parameter]:
