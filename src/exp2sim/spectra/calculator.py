@@ -358,16 +358,18 @@ class ConvolvedSpectra:
         """P(mode seen in the bin) with the moderator and chopper times at their true
         distributions.
 
-        The times shift the seen energy by D = sum_t (dE_t - grad E . dQ_t) x_t, a weighted
-        sum of the two standardised times; the rest of the resolution and the position
-        inside the sub-box add a Gaussian of the same variance. The distribution function
-        of the sum depends on two angles only (direction of the time weights, share of the
-        Gaussian) and is tabulated from the instrument's Monte Carlo sample."""
+        A mode is seen at the nominal energy E where E + dE = E_n(Q + dQ), i.e. at
+        y + grad E . dQ - dE: the times move it by D = sum_t (grad E . dQ_t - dE_t) x_t, a
+        weighted sum of the two standardised times (the sign matters: the moderator's late
+        tail gives a tail towards lower seen energies); the rest of the resolution and the
+        position inside the sub-box add a Gaussian of the same variance. The distribution
+        function of the sum depends on two angles only (direction of the time weights, share
+        of the Gaussian) and is tabulated from the instrument's Monte Carlo sample."""
         jt, table = pulse
-        w = jt[:, None, None, 3, :] - (
+        w = (
             grad_h[..., None] * jt[:, None, None, 0, :]
             + grad_k[..., None] * jt[:, None, None, 1, :]
-        )  # (n, s, N, 2): seen-energy shift per standardised time
+        ) - jt[:, None, None, 3, :]  # (n, s, N, 2): seen-energy shift per standardised time
         scale = np.hypot(w[..., 0], w[..., 1])
         gauss = np.sqrt(width**2 + (a_h**2 + a_k**2) / 3)  # uniform boxes by their variance
         total = np.maximum(np.hypot(scale, gauss), 1e-9)
