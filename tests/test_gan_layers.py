@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from exp2sim.gan import fastconv
-from exp2sim.gan.layers import BlurDownsample, BlurUpsample, conv
+from exp2sim.gan.layers import (
+    BlurDownsample,
+    BlurUpsample,
+    blur_upsample_conv,
+    conv,
+    folds_upsampling,
+)
 from exp2sim.gan.networks import ResnetGenerator
 
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -119,6 +125,41 @@ def test_routes_are_taken_only_where_they_pay_and_are_exact():
     with torch.no_grad():
         expected = F.conv2d(x_wide, wide.weight, wide.bias, padding=1)
         assert (wide(x_wide) - expected).norm() / expected.norm() < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(17,), (1,), (5, 7), (1, 3), (3, 4, 5)])
+def test_folded_upsampling_equals_upsampling_then_convolution(shape):
+    """One low-resolution convolution per output phase, edges redone the original way:
+    the same values and gradients as BlurUpsample then the zero-padded convolution."""
+    dim = len(shape)
+    torch.manual_seed(2)
+    layer = conv(dim, 6, 5, 3, padding=1).double()
+    x = torch.randn(2, 6, *shape, dtype=torch.float64, requires_grad=True)
+    params = (x, layer.weight, layer.bias)
+    with fastconv.disabled():
+        assert not folds_upsampling(x, layer)
+        expected = layer(BlurUpsample(dim, 6)(x))
+    expected_grads = torch.autograd.grad(expected.square().sum(), params)
+    assert folds_upsampling(x, layer)
+    out = blur_upsample_conv(x, layer)
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(
+        torch.autograd.grad(out.square().sum(), params), expected_grads, strict=True
+    ):
+        torch.testing.assert_close(got, want)
+    assert not folds_upsampling(x, conv(dim, 6, 5, 3, stride=2, padding=1).double())
+    assert not folds_upsampling(x.float().bfloat16(), layer.bfloat16())
+
+
+def test_folded_upsampling_with_many_channels_goes_by_winograd():
+    layer = conv(2, 256, 128, 3, padding=1)
+    x = torch.randn(1, 256, 34, 40)
+    assert fastconv.many_channel_route(F.pad(x, [1] * 4), 4 * 128) is fastconv.winograd_conv
+    with torch.no_grad():
+        out = blur_upsample_conv(x, layer)
+        with fastconv.disabled():
+            expected = layer(BlurUpsample(2, 256)(x))
+    assert (out - expected).norm() / expected.norm() < 1e-5
 
 
 def test_generator_output_does_not_depend_on_the_convolution_route():

@@ -18,7 +18,9 @@ benchmarks/bench_gan.py measures both routes against it.
    the sum of those maps shifted by their taps. Used without autograd (translation) only:
    its backward through many shifted slices is no faster than mkldnn's.
 
-GPUs' cuDNN chooses its own algorithms, so these routes are used on the CPU only.
+GPUs' cuDNN chooses its own algorithms, so these routes are used on the CPU only. (A third
+CPU route, upsampling folded into the convolution after it, lives with the upsampling layer:
+`exp2sim.gan.layers.blur_upsample_conv`.)
 """
 
 from __future__ import annotations
@@ -82,10 +84,7 @@ def disabled() -> Iterator[None]:
 def route(x: torch.Tensor, layer: torch.nn.Module) -> Callable[..., torch.Tensor] | None:
     """The faster function for `layer` (an nn.Conv*d) applied to x (B, C, *S), called as
     f(x, weight, bias, padding); None where mkldnn's own convolution is the better choice."""
-    if not _enabled or x.device.type != "cpu":
-        return None
-    # the transforms' products lose too much in bfloat16 (and autocast would make them so)
-    if x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled("cpu"):
+    if not route_enabled(x):
         return None
     dim = x.dim() - 2
     plain = (
@@ -97,16 +96,32 @@ def route(x: torch.Tensor, layer: torch.nn.Module) -> Callable[..., torch.Tensor
     )
     if not plain:
         return None
-    if (
-        dim == 2
-        and layer.kernel_size == (3, 3)
-        and min(layer.in_channels, layer.out_channels) >= MIN_CHANNELS
-        and x.shape[2] * x.shape[3] >= MIN_PIXELS
-    ):
+    if layer.kernel_size == (3,) * dim and many_channel_route(x, layer.out_channels):
         return winograd_conv
     cubic = len(set(layer.kernel_size)) == 1
     if cubic and layer.out_channels == 1 and not (torch.is_grad_enabled() and x.requires_grad):
         return single_output_conv
+    return None
+
+
+def route_enabled(x: torch.Tensor) -> bool:
+    """Whether these routes may run on x: on the CPU, in float32/64, outside autocast (the
+    transforms' products lose too much in bfloat16), unless `disabled()`."""
+    return (
+        _enabled
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def many_channel_route(x: torch.Tensor, c_out: int) -> Callable[..., torch.Tensor] | None:
+    """winograd_conv where it beats mkldnn for a 3-wide stride-1 convolution of x
+    (B, C, *S) to c_out channels (2D, many channels and pixels), else None."""
+    if not route_enabled(x):
+        return None
+    if x.dim() == 4 and min(x.shape[1], c_out) >= MIN_CHANNELS and x[0, 0].numel() >= MIN_PIXELS:
+        return winograd_conv
     return None
 
 

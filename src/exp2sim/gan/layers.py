@@ -112,6 +112,11 @@ class BlurUpsample(nn.Module):
         self.dim, self.channels = dim, channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.upsample(x)
+
+    @staticmethod
+    def upsample(x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, *S) upsampled to (B, C, *2S)."""
         for axis in range(2, x.dim()):
             n = x.shape[axis]
             q = _pad_axis(x, axis, "replicate")
@@ -120,6 +125,78 @@ class BlurUpsample(nn.Module):
             above = torch.lerp(centre, _along(q, axis, slice(2, n + 2)), 0.25)
             x = torch.stack((below, above), dim=axis + 1).flatten(axis, axis + 1)
         return x
+
+
+# BlurUpsample followed by a 3-wide convolution, per axis and low-resolution sample i: the
+# two outputs 2i and 2i + 1 are 3-tap filters of x[i - 1], x[i], x[i + 1] whose taps are
+# these mixtures of the convolution's taps (rows: new taps; columns: old taps).
+_PHASE_TAPS = torch.tensor(
+    [
+        [[0.75, 0.25, 0.0], [0.25, 0.75, 0.75], [0.0, 0.0, 0.25]],  # even outputs 2i
+        [[0.25, 0.0, 0.0], [0.75, 0.75, 0.25], [0.0, 0.25, 0.75]],  # odd outputs 2i + 1
+    ]
+)
+
+
+def folds_upsampling(x: torch.Tensor, layer: nn.Module) -> bool:
+    """Whether `blur_upsample_conv` should replace BlurUpsample then `layer` on x: on the
+    CPU in float32/64, for exp2sim's own 3-wide stride-1 convolutions with padding 1."""
+    return (
+        isinstance(layer, _FastOnCPU)
+        and fastconv.route_enabled(x)
+        and set(layer.kernel_size) == {3}
+        and set(layer.stride) == {1}
+        and set(layer.padding) == {1}
+        and set(layer.dilation) == {1}
+        and layer.groups == 1
+        and layer.padding_mode == "zeros"
+    )
+
+
+def blur_upsample_conv(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """`layer(BlurUpsample(x))` (a 3-wide convolution with zero padding 1) without making
+    the upsampled tensor: each of the 2^d output phases is a 3-wide convolution of x itself,
+    with taps mixed from the layer's (`_PHASE_TAPS`), so one convolution at the low
+    resolution with 2^d times the output channels gives them all (the same products, but
+    many-channel layers run faster, and 256 input channels go by Winograd). That equals
+    the original with the upsampling's edge replication carried on past the ends; the
+    first and last outputs along each axis, where the original's zero padding differs,
+    are computed again from thin slabs the original way.
+
+    x: (B, C, *S); returns (B, O, *2S)."""
+    dim = x.dim() - 2
+    weight, bias = layer.weight, layer.bias
+    c_out = weight.shape[0]
+    # phase kernels (O, 2, .., 2, C, 3, .., 3) -> (O * 2^d, C, 3, .., 3), phases innermost
+    old, new, phase = "xyz"[:dim], "XYZ"[:dim], "pqr"[:dim]
+    spec = f"oc{old}," + ",".join(f"{phase[a]}{new[a]}{old[a]}" for a in range(dim))
+    taps = _PHASE_TAPS.to(weight)
+    kernels = torch.einsum(f"{spec}->o{phase}c{new}", weight, *[taps] * dim)
+    kernels = kernels.reshape(c_out * 2**dim, *weight.shape[1:])
+    phase_bias = None if bias is None else bias.repeat_interleave(2**dim)
+    padded = F.pad(x, [1] * (2 * dim), mode="replicate")
+    route = fastconv.many_channel_route(padded, c_out * 2**dim) or _plain_conv(dim)
+    y = route(padded, kernels, phase_bias, 0)  # (B, O * 2^d, *S)
+    # interleave the phases: (B, O, 2, .., 2, *S) -> (B, O, S1, 2, .., Sd, 2)
+    sizes = x.shape[2:]
+    y = y.reshape(x.shape[0], c_out, *[2] * dim, *sizes)
+    order = [0, 1] + [i for a in range(dim) for i in (2 + dim + a, 2 + a)]
+    y = y.permute(order).reshape(x.shape[0], c_out, *[2 * s for s in sizes])
+    for axis in range(2, 2 + dim):
+        n = x.shape[axis]
+        for end in (0, 1):
+            # two low-resolution samples make the two upsampled ones the edge output needs
+            slab = x.narrow(axis, 0 if end == 0 else max(n - 2, 0), min(n, 2))
+            up = BlurUpsample.upsample(slab)
+            up = up.narrow(axis, 0 if end == 0 else up.shape[axis] - 2, 2)
+            edge = _plain_conv(dim)(up, weight, bias, 1).narrow(axis, end, 1)
+            y.narrow(axis, 0 if end == 0 else 2 * n - 1, 1).copy_(edge)
+    return y
+
+
+def _plain_conv(dim: int):  # noqa: ANN202 - F.conv{1,2,3}d as f(x, weight, bias, padding)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dim - 1]
+    return lambda x, weight, bias, padding: conv(x, weight, bias, padding=padding)
 
 
 def xavier_init(module: nn.Module, gain: float = 0.02) -> None:

@@ -21,7 +21,9 @@ from exp2sim.gan.layers import (
     BlurDownsample,
     BlurUpsample,
     Pad,
+    blur_upsample_conv,
     conv,
+    folds_upsampling,
     instance_norm,
     pad_to_multiple,
 )
@@ -124,10 +126,28 @@ class ResnetGenerator(nn.Module):
                 return None, [feats[n] for n in layers]
             if after is not None:
                 h = after(h)
-        y = self.decoder(h)[(slice(None), slice(None), *crop)]
+        y = self.decode(h)[(slice(None), slice(None), *crop)]
         if layers:
             return y, [feats[n] for n in layers]
         return y
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """The decoder on the last block's output; on the CPU each upsampling and the
+        convolution after it run as one (`layers.blur_upsample_conv`, same result)."""
+        layers = list(self.decoder)
+        i = 0
+        while i < len(layers):
+            if (
+                isinstance(layers[i], BlurUpsample)
+                and i + 1 < len(layers)
+                and folds_upsampling(h, layers[i + 1])
+            ):
+                h = blur_upsample_conv(h, layers[i + 1])
+                i += 2
+            else:
+                h = layers[i](h)
+                i += 1
+        return h
 
 
 class PatchDiscriminator(nn.Module):
