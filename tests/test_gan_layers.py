@@ -137,18 +137,21 @@ def test_folded_upsampling_equals_upsampling_then_convolution(shape):
     x = torch.randn(2, 6, *shape, dtype=torch.float64, requires_grad=True)
     params = (x, layer.weight, layer.bias)
     with fastconv.disabled():
-        assert not folds_upsampling(x, layer)
+        with torch.no_grad():
+            assert not folds_upsampling(x, layer)
         expected = layer(BlurUpsample(dim, 6)(x))
     expected_grads = torch.autograd.grad(expected.square().sum(), params)
-    assert folds_upsampling(x, layer)
+    assert not folds_upsampling(x, layer)  # training keeps the two layers
+    with torch.no_grad():
+        assert folds_upsampling(x, layer)
+        assert not folds_upsampling(x, conv(dim, 6, 5, 3, stride=2, padding=1).double())
+        assert not folds_upsampling(x.float().bfloat16(), copy.deepcopy(layer).bfloat16())
     out = blur_upsample_conv(x, layer)
     torch.testing.assert_close(out, expected)
     for got, want in zip(
         torch.autograd.grad(out.square().sum(), params), expected_grads, strict=True
     ):
         torch.testing.assert_close(got, want)
-    assert not folds_upsampling(x, conv(dim, 6, 5, 3, stride=2, padding=1).double())
-    assert not folds_upsampling(x.float().bfloat16(), layer.bfloat16())
 
 
 def test_folded_upsampling_with_many_channels_goes_by_winograd():

@@ -140,9 +140,13 @@ _PHASE_TAPS = torch.tensor(
 
 def folds_upsampling(x: torch.Tensor, layer: nn.Module) -> bool:
     """Whether `blur_upsample_conv` should replace BlurUpsample then `layer` on x: on the
-    CPU in float32/64, for exp2sim's own 3-wide stride-1 convolutions with padding 1."""
+    CPU in float32/64, without autograd (translation), for exp2sim's own 3-wide stride-1
+    convolutions with padding 1. Training keeps the two layers: with the fold, one of two
+    torchrun (gloo) processes aborted in C++ in about half the runs of the two-process
+    test (cause not found), although the fold's gradients are exact."""
     return (
-        isinstance(layer, _FastOnCPU)
+        not torch.is_grad_enabled()
+        and isinstance(layer, _FastOnCPU)
         and fastconv.route_enabled(x)
         and set(layer.kernel_size) == {3}
         and set(layer.stride) == {1}
