@@ -19,8 +19,8 @@ benchmarks/bench_gan.py measures both routes against it.
    its backward through many shifted slices is no faster than mkldnn's.
 
 GPUs' cuDNN chooses its own algorithms, so these routes are used on the CPU only. (A third
-CPU route, upsampling folded into the convolution after it, lives with the upsampling layer:
-`exp2sim.gan.layers.blur_upsample_conv`.)
+CPU route, used when translating, folds an upsampling into the convolution after it and
+lives with the upsampling layer: `exp2sim.gan.layers.blur_upsample_conv`.)
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def route(x: torch.Tensor, layer: torch.nn.Module) -> Callable[..., torch.Tensor
     )
     if not plain:
         return None
-    if layer.kernel_size == (3,) * dim and many_channel_route(x, layer.out_channels):
+    if layer.kernel_size == (3,) * dim and _winograd_pays(x, layer.out_channels):
         return winograd_conv
     cubic = len(set(layer.kernel_size)) == 1
     if cubic and layer.out_channels == 1 and not (torch.is_grad_enabled() and x.requires_grad):
@@ -117,12 +117,17 @@ def route_enabled(x: torch.Tensor) -> bool:
 
 def many_channel_route(x: torch.Tensor, c_out: int) -> Callable[..., torch.Tensor] | None:
     """winograd_conv where it beats mkldnn for a 3-wide stride-1 convolution of x
-    (B, C, *S) to c_out channels (2D, many channels and pixels), else None."""
-    if not route_enabled(x):
-        return None
-    if x.dim() == 4 and min(x.shape[1], c_out) >= MIN_CHANNELS and x[0, 0].numel() >= MIN_PIXELS:
-        return winograd_conv
-    return None
+    (B, C, *S) to c_out channels, else None."""
+    return winograd_conv if route_enabled(x) and _winograd_pays(x, c_out) else None
+
+
+def _winograd_pays(x: torch.Tensor, c_out: int) -> bool:
+    """2D, many channels in and out, many pixels (see MIN_CHANNELS)."""
+    return (
+        x.dim() == 4
+        and min(x.shape[1], c_out) >= MIN_CHANNELS
+        and x.shape[2:].numel() >= MIN_PIXELS
+    )
 
 
 @functools.cache

@@ -179,7 +179,7 @@ def blur_upsample_conv(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     kernels = kernels.reshape(c_out * 2**dim, *weight.shape[1:])
     phase_bias = None if bias is None else bias.repeat_interleave(2**dim)
     padded = F.pad(x, [1] * (2 * dim), mode="replicate")
-    route = fastconv.many_channel_route(padded, c_out * 2**dim) or _plain_conv(dim)
+    route = fastconv.many_channel_route(padded, c_out * 2**dim) or _direct_conv
     y = route(padded, kernels, phase_bias, 0)  # (B, O * 2^d, *S)
     # interleave the phases: (B, O, 2, .., 2, *S) -> (B, O, S1, 2, .., Sd, 2)
     sizes = x.shape[2:]
@@ -193,14 +193,16 @@ def blur_upsample_conv(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
             slab = x.narrow(axis, 0 if end == 0 else max(n - 2, 0), min(n, 2))
             up = BlurUpsample.upsample(slab)
             up = up.narrow(axis, 0 if end == 0 else up.shape[axis] - 2, 2)
-            edge = _plain_conv(dim)(up, weight, bias, 1).narrow(axis, end, 1)
+            edge = _direct_conv(up, weight, bias, 1).narrow(axis, end, 1)
             y.narrow(axis, 0 if end == 0 else 2 * n - 1, 1).copy_(edge)
     return y
 
 
-def _plain_conv(dim: int):  # noqa: ANN202 - F.conv{1,2,3}d as f(x, weight, bias, padding)
-    conv = (F.conv1d, F.conv2d, F.conv3d)[dim - 1]
-    return lambda x, weight, bias, padding: conv(x, weight, bias, padding=padding)
+def _direct_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int
+) -> torch.Tensor:
+    """torch's own convolution of x (B, C, *S), called like the fastconv routes."""
+    return (F.conv1d, F.conv2d, F.conv3d)[x.dim() - 3](x, weight, bias, padding=padding)
 
 
 def xavier_init(module: nn.Module, gain: float = 0.02) -> None:

@@ -132,8 +132,9 @@ class ResnetGenerator(nn.Module):
         return y
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
-        """The decoder on the last block's output; on the CPU each upsampling and the
-        convolution after it run as one (`layers.blur_upsample_conv`, same result)."""
+        """The decoder on the last block's output; when translating on the CPU, each
+        upsampling and the convolution after it run as one (`layers.folds_upsampling`,
+        `layers.blur_upsample_conv`; same result)."""
         layers = list(self.decoder)
         i = 0
         while i < len(layers):
