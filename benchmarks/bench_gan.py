@@ -13,12 +13,16 @@ and the `small` one (the TrainConfig defaults: ngf 32, 6 blocks, 64 x 64 crops),
    Before timing anything, both are run on identical copies of a tiny model with identical
    random-number generators: the first step's losses must agree to 1e-4 and each network's
    gradient after it to 1e-2 (relative, fp32; see `equality_check`).
-3. The speed-up of the optimised step over the naive one.
+3. The speed-up of the optimised step over the naive one. The optimised step runs as
+   `exp2sim train` does, with glibc's malloc keeping freed memory for reuse
+   (exp2sim.allocator); the naive one with the defaults, and once more with that
+   setting too, so that the table shows which part of the speed-up the allocator gives.
 4. Seconds to translate one 240 x 400 spectrum with one generator (`Translator`): on the
    plain layers (the baseline), and on exp2sim's layers (Winograd and per-tap convolutions
    of exp2sim.gan.fastconv, blur one axis at a time) in fp32 and with bf16 autocast; the
    speed-up over the plain layers and the relative L2 difference from the plain translation
-   of a blurred synthetic spectrum (untrained initial weights).
+   of a blurred synthetic spectrum (untrained initial weights). `Translator` keeps freed
+   memory on the CPU in every case.
 5. Peak memory of one more training step / translation after the timed ones, above the
    memory in use before it (weights, optimiser state, inputs): on CUDA from the allocator
    statistics; on the CPU from the peak resident set size (ru_maxrss, restarted through
@@ -45,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import json
 import math
 import os
@@ -65,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from exp2sim import allocator
 from exp2sim.gan.config import TrainConfig
 from exp2sim.gan.layers import BlurDownsample, BlurUpsample, Pad, xavier_init
 from exp2sim.gan.losses import (
@@ -361,17 +365,19 @@ def reset_peak_rss() -> bool:
 
 def release_freed_memory() -> bool:
     """Make glibc's malloc hand every freed block over 128 KiB back to the system at once (a
-    fixed mmap threshold instead of the adaptive one, which keeps tensors' memory cached)
-    and return what it holds cached now, so that the RSS follows the live tensors.
-    False where this is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_mmap_threshold = -3
-        ok = libc.mallopt(m_mmap_threshold, 128 * 1024) == 1
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
-    return ok
+    fixed mmap threshold instead of the adaptive one, which keeps tensors' memory cached,
+    and undoing `keep_freed_memory` where it ran) and return what it holds cached now, so
+    that the RSS follows the live tensors. False where this is not glibc."""
+    return (
+        allocator.set_malloc(
+            {
+                allocator.M_MMAP_MAX: 65536,
+                allocator.M_TRIM_THRESHOLD: 128 * 1024,
+                allocator.M_MMAP_THRESHOLD: 128 * 1024,
+            }
+        )
+        and allocator.trim()
+    )
 
 
 def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> tuple[int, bool]:
@@ -446,6 +452,8 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int) -> dic
 def run_train_case(spec: dict) -> dict:
     """Time one implementation of the training step; FLOPs from the first warm-up step."""
     device = torch.device(spec["device"])
+    if spec["keep_memory"] and device.type == "cpu":
+        allocator.keep_freed_memory()
     config = TrainConfig(**CONFIGS[spec["config"]], precision=spec["precision"])
     torch.manual_seed(0)
     model = DCLGAN(config, dim=2).to(device)
@@ -661,17 +669,21 @@ def plan(args: argparse.Namespace, device: torch.device, tmp: Path) -> list[dict
                 default_warmup, default_steps = 1, 2
             warmup = max(1, args.warmup if args.warmup is not None else default_warmup)
             steps = max(1, args.steps if args.steps is not None else default_steps)
-            for impl, precision in (
-                ("naive", "fp32"),
-                ("optimised", "fp32"),
-                ("optimised", "bf16"),
+            for impl, precision, keep in (
+                ("naive", "fp32", False),
+                ("naive", "fp32", True),
+                ("optimised", "fp32", True),
+                ("optimised", "bf16", True),
             ):
+                if keep and impl == "naive" and not cpu:
+                    continue  # the allocator setting is for the CPU only
                 cases.append(
                     {
                         "kind": "train",
                         "config": name,
                         "impl": impl,
                         "precision": precision,
+                        "keep_memory": keep and cpu,
                         "warmup": warmup,
                         "steps": steps,
                     }
@@ -708,7 +720,8 @@ def plan(args: argparse.Namespace, device: torch.device, tmp: Path) -> list[dict
 
 def label(case: dict) -> str:
     if case["kind"] == "train":
-        return f"train {case['config']} {case['impl']}"
+        kept = " kept memory" if case["impl"] == "naive" and case["keep_memory"] else ""
+        return f"train {case['config']} {case['impl']}{kept}"
     if len(case["shape"]) == 3:
         return f"3D {'x'.join(map(str, case['shape']))} {case['mode']}"
     return f"translate {case['config']} 240x400 {case['impl']}"
@@ -745,6 +758,8 @@ def derive(cases: list[dict], peaks: dict[str, float]) -> None:
 
 def notes(c: dict) -> str:
     parts = []
+    if "speedup_kept" in c:
+        parts.append(f"{c['speedup_kept']:.2f}x vs naive with kept memory")
     if "rel_l2_vs_plain" in c:
         parts.append(f"rel. L2 vs plain fp32 {c['rel_l2_vs_plain']:.1e}")
     if c.get("mode") == "tiled":
@@ -860,6 +875,9 @@ def main() -> None:
             ]
             if case.get("impl") == "optimised" and reference:
                 case["speedup"] = reference[0]["seconds"] / case["seconds"]
+                kept = [c for c in reference if c.get("keep_memory")]
+                if kept:
+                    case["speedup_kept"] = kept[0]["seconds"] / case["seconds"]
             print_progress(case)
         derive(cases, peaks)
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from exp2sim.allocator import keep_freed_memory
 from exp2sim.fileio import write_text_atomic
 from exp2sim.gan.checkpoint import load_state, read_info, save_state
 from exp2sim.gan.config import TrainConfig
@@ -124,6 +125,8 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.device = pick_device(config.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # reuse pages instead of faulting in new ones every step
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = DCLGAN(config, data.dim).to(self.device)
         self.model.set_scales(data.a.scale, data.b.scale)

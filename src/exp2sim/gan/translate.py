@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exp2sim.allocator import keep_freed_memory
 from exp2sim.gan.checkpoint import load_state, read_info
 from exp2sim.gan.config import TrainConfig
 from exp2sim.gan.model import run_generator
@@ -75,6 +76,8 @@ class Translator:
         overlap: float = 0.5,
     ) -> None:
         self.device = device or torch.device("cpu")
+        if self.device.type == "cpu":
+            keep_freed_memory()  # reuse pages instead of faulting in new ones per call
         self.generator = generator.to(self.device).eval()
         self.dim = generator.dim
         self.source, self.target = source, target

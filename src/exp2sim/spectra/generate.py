@@ -12,7 +12,6 @@ the missing chunks, and the result equals an uninterrupted run with the same see
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exp2sim.allocator import restore_adaptive_thresholds
 from exp2sim.fileio import atomic_path, write_text_atomic
 
 KINDS = ("mosaic", "volume", "cut")
@@ -108,32 +108,10 @@ def _calculator(config_json: str) -> Callable[[np.ndarray], np.ndarray]:
     return make_calculator(SimulationConfig(**json.loads(config_json)))
 
 
-@lru_cache(maxsize=1)
-def _restore_malloc_thresholds() -> bool:
-    """Undo, in this process, what Dask's nanny does to glibc's malloc in its workers.
-
-    The nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (so that freed memory goes
-    back to the system at once). Setting it also freezes glibc's mmap threshold at 128 KiB,
-    so every large temporary array becomes a fresh mmap whose pages fault in one by one:
-    the spectrum calculators ran 1.9x slower on the workers than outside them (3.9 vs 2.1 s
-    per Monte Carlo mosaic, measured). Restores the thresholds' adaptive maxima: allocations
-    up to 32 MiB come from the heap, and up to 128 MiB of freed memory is kept. Returns
-    whether it could (glibc only; elsewhere nothing is changed)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-        return bool(
-            libc.mallopt(m_mmap_threshold, 32 * 2**20)
-            and libc.mallopt(m_trim_threshold, 128 * 2**20)
-        )
-    except (OSError, AttributeError):
-        return False
-
-
 def compute_chunk(calculator_json: str, params: np.ndarray) -> np.ndarray:
     """Spectra for the rows of params, (m, *shape) float32; `calculator_json` is
     `SimulationConfig.calculator_json()`."""
-    _restore_malloc_thresholds()
+    restore_adaptive_thresholds()
     try:
         import torch
 
