@@ -452,7 +452,7 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int) -> dic
 def run_train_case(spec: dict) -> dict:
     """Time one implementation of the training step; FLOPs from the first warm-up step."""
     device = torch.device(spec["device"])
-    if spec["keep_memory"] and device.type == "cpu":
+    if spec["keep_memory"]:  # set by `plan` on the CPU only
         allocator.keep_freed_memory()
     config = TrainConfig(**CONFIGS[spec["config"]], precision=spec["precision"])
     torch.manual_seed(0)

@@ -46,9 +46,9 @@ def _faults(policy: str) -> tuple[int, bool, bool]:
 )
 def test_kept_memory_serves_later_steps_without_page_faults():
     """Fresh processes doing the same steps: with glibc's defaults every 40 MiB temporary
-    is a fresh mapping whose pages fault in again (153,600 faults per five steps measured
-    with 4 KiB pages; at least 300 even with 2 MiB huge pages); once freed memory is kept,
-    the settled heap serves them with almost none."""
+    is a fresh mapping whose pages fault in again (153,615 faults per five steps measured
+    with 4 KiB pages; 15 temporaries of 40 MiB would still make 300 with 2 MiB huge
+    pages); once freed memory is kept, the settled heap serves them with almost none."""
     default, _, _ = _faults("default")
     kept, kept_on, again = _faults("keep")
     assert kept_on and again  # in effect, and a second call says so too

@@ -67,12 +67,14 @@ _AT = [
 
 
 # Where F(4, 3) beat mkldnn's direct convolution on a 2-core Xeon: forward + backward
-# (batch 2, both gradients by Winograd) 1.5-2.0x for 256 -> 256 channels on 64 x 64 pixels;
-# forward alone 1.8x there and 1.3x for 128 -> 256 on 120 x 200, but 0.64-0.73x between 64
-# and 128 channels on 240 x 400. At 16 x 16 pixels, in 1D and in 3D it was no faster or
-# slower. Routing the paper generator's 128-channel layers too (rather than only its
-# 256-channel blocks): a training step 6.71 s instead of 6.97 s, a 240 x 400 translation
-# 0.465 s instead of 0.503 s (medians of 5 and 16 alternating runs in one process).
+# (both gradients by Winograd) of 256 -> 256 channels on 64 x 64 pixels 1.50x / 1.61x
+# (batch 2 / 1) with the windows copied out, 1.95x (batch 1) with the input transform as a
+# convolution; forward alone 1.77x on 60 x 100 and 1.31x for 128 -> 256 on 120 x 200, but
+# 0.64-0.73x between 64 and 128 channels on 240 x 400. At 16 x 16 pixels, in 1D and in 3D
+# it was no faster or slower. Routing the paper generator's 128-channel layers too (rather
+# than only its 256-channel blocks): a training step 6.71 s instead of 6.97 s, a 240 x 400
+# translation 0.465 s instead of 0.503 s (medians of 5 and 16 alternating runs in one
+# process).
 MIN_CHANNELS = 128
 MIN_PIXELS = 32 * 32
 _enabled = True
