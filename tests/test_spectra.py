@@ -9,6 +9,7 @@ from exp2sim.instrument.resolution import MAPS_RESOLUTION
 from exp2sim.instrument.spectrometer import PCSMO_SETTINGS, Setting
 from exp2sim.spectra.calculator import (
     ConvolvedSpectra,
+    PulseTable,
     UnconvolvedSpectra,
     conventional_lattice,
 )
@@ -227,6 +228,40 @@ def test_convolution_against_brute_force_sampling(method):
     # measured on 100 random lit bins, 10,000 samples each (noise 0.7 %), 16 points:
     # gaussian 3.1 %, montecarlo 3.0 % (36 points: 1.8 % / 1.9 %)
     assert np.linalg.norm(values - brute) / np.linalg.norm(brute) < 0.12
+
+
+def test_pulse_table_window_against_the_normal_distribution():
+    """Two standard normal 'times': every combination cos(phi)(cos(theta) X1 + sin(theta) X2)
+    + sin(phi) N is standard normal, so F(b) - F(a) = Phi(b) - Phi(a) for every theta, also
+    the reflected ones (theta < 0), and beyond the table's support F is 0 or 1."""
+    from scipy.special import ndtr
+
+    table = PulseTable(np.random.default_rng(3).standard_normal((200_000, 2)))
+    rng = np.random.default_rng(5)
+    theta = rng.uniform(-np.pi, np.pi, 400)
+    phi = rng.uniform(0, np.pi / 2, 400)
+    a = rng.uniform(-4, 3, 400)
+    b = a + rng.uniform(0, 3, 400)
+    got = table.window(theta, phi, a, b)
+    np.testing.assert_allclose(got, ndtr(b) - ndtr(a), atol=0.01)
+    assert 4.0 < table.support < 7.0  # 200,000 normal samples reach about 4.5-5 sigma
+    far = np.full(400, table.support)
+    assert np.all(table.window(theta, phi, -far - 1, -far) <= 1e-7)
+    assert np.all(table.window(theta, phi, far, far + 1) <= 1e-7)
+
+
+def test_pulse_support_drops_nothing_that_counts(monkeypatch):
+    """Modes seen beyond the tables' support are skipped before their probability is
+    computed; the spectrum equals the one computed with every mode out to the full table."""
+    model = load_model("goodenough")
+    bins = CutLayout(Setting(70.0, 250.0), h=0.3, k=0.1, n_e=120).bins()
+    calc = ConvolvedSpectra(model, bins, MAPS_RESOLUTION, method="montecarlo", n_mc=4)
+    fast = calc(model.best_fit)
+    for group in calc._groups:
+        monkeypatch.setattr(group[3], "support", PulseTable.reach)
+    full = calc(model.best_fit)
+    assert np.nanmax(full) > 0
+    np.testing.assert_allclose(fast, full, rtol=1e-12, atol=1e-12 * np.nanmax(full))
 
 
 def test_convolved_spectra_are_deterministic():

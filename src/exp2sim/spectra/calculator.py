@@ -374,7 +374,7 @@ class ConvolvedSpectra:
         gauss = np.sqrt(width**2 + (a_h**2 + a_k**2) / 3)  # uniform boxes by their variance
         total = np.maximum(np.hypot(scale, gauss), 1e-9)
         centre = (e_lo + e_hi) / 2
-        near_bin = np.abs(y - centre) < (e_hi - e_lo) / 2 + table.reach * total
+        near_bin = np.abs(y - centre) < (e_hi - e_lo) / 2 + table.support * total
         prob = np.zeros_like(y)
         if near_bin.any():
             shape = y.shape
@@ -382,9 +382,7 @@ class ConvolvedSpectra:
             yy, lo, hi, tot = sel
             theta = np.arctan2(w[..., 1], w[..., 0])[near_bin]
             phi = np.arctan2(gauss, scale)[near_bin]
-            prob[near_bin] = table.cdf(theta, phi, (hi - yy) / tot) - table.cdf(
-                theta, phi, (lo - yy) / tot
-            )
+            prob[near_bin] = table.window(theta, phi, (lo - yy) / tot, (hi - yy) / tot)
         return np.clip(prob, 0.0, 1.0)
 
     def _points(self, pix: np.ndarray, side: int) -> tuple[np.ndarray, ...]:
@@ -438,7 +436,9 @@ class ConvolvedSpectra:
             )
             width = np.sqrt(np.maximum(var, 0.0))
             if pulse is None:
-                near_bin = np.abs(energy - centre) < half + a_h + a_k + 8 * width
+                # beyond 5.5 widths (plus the box) a mode adds at most Phi(-5.5) = 2e-8, below
+                # the 1e-6 under which contributions are dropped
+                near_bin = np.abs(energy - centre) < half + a_h + a_k + 5.5 * width
                 args = [
                     np.broadcast_to(v, energy.shape)[near_bin] for v in (energy, width, a_h, a_k)
                 ]
@@ -545,20 +545,35 @@ class PulseTable:
                 cdf = np.cumsum(np.clip(conv, 0.0, None))
                 table[i, j] = cdf / cdf[-1]
         self.table = table
+        # |t| beyond which F is within 1e-7 of 0 or 1 in every row: a mode seen that far
+        # outside a bin adds less than the 1e-6 below which contributions are dropped
+        tiny = 1e-7
+        first = int(np.argmax((table > tiny).any(axis=(0, 1))))
+        last = n_t - 1 - int(np.argmax((table < 1 - tiny)[..., ::-1].any(axis=(0, 1))))
+        self.support = max(-self.t[max(first - 1, 0)], self.t[min(last + 1, n_t - 1)])
 
-    def cdf(self, theta: np.ndarray, phi: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """F(t) for arrays of theta in (-pi, pi], phi in [0, pi/2] and t (same shape)."""
-        flip = theta < 0
+    def window(
+        self, theta: np.ndarray, phi: np.ndarray, t_lo: np.ndarray, t_hi: np.ndarray
+    ) -> np.ndarray:
+        """F(t_hi) - F(t_lo) for arrays of theta in (-pi, pi], phi in [0, pi/2] and
+        t_lo <= t_hi (standard units), all of the same shape."""
+        flip = theta < 0  # F(t) = 1 - F_reflected(-t): the window reflects
         theta = np.where(flip, theta + np.pi, theta)
-        t = np.where(flip, -t, t)
+        a, b = np.where(flip, -t_hi, t_lo), np.where(flip, -t_lo, t_hi)
         i = np.rint(theta / np.pi * (len(self.theta) - 1)).astype(int)
         j = np.rint(phi / (np.pi / 2) * (len(self.phi) - 1)).astype(int)
+        start = (i * len(self.phi) + j) * len(self.t)  # each row's start in the raveled table
+        return self._interpolate(start, b) - self._interpolate(start, a)
+
+    def _interpolate(self, start: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """F(t) on the table rows beginning at `start` of the raveled table."""
+        flat = self.table.ravel()
         x = (np.clip(t, -self.reach, self.reach) + self.reach) / (self.t[1] - self.t[0])
         k = np.minimum(x.astype(int), len(self.t) - 2)
         f = x - k
-        value = (1 - f) * self.table[i, j, k] + f * self.table[i, j, k + 1]
-        value = np.where(t <= -self.reach, 0.0, np.where(t >= self.reach, 1.0, value))
-        return np.where(flip, 1.0 - value, value)
+        at = start + k
+        value = (1 - f) * flat[at] + f * flat[at + 1]
+        return np.where(t <= -self.reach, 0.0, np.where(t >= self.reach, 1.0, value))
 
 
 def _window_probability(
