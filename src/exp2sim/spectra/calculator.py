@@ -380,8 +380,8 @@ class ConvolvedSpectra:
             shape = y.shape
             sel = [np.broadcast_to(v, shape)[near_bin] for v in (y, e_lo, e_hi, total)]
             yy, lo, hi, tot = sel
-            theta = np.arctan2(w[..., 1], w[..., 0])[near_bin]
-            phi = np.arctan2(gauss, scale)[near_bin]
+            theta = np.arctan2(w[..., 1][near_bin], w[..., 0][near_bin])
+            phi = np.arctan2(gauss[near_bin], scale[near_bin])
             prob[near_bin] = table.window(theta, phi, (lo - yy) / tot, (hi - yy) / tot)
         return np.clip(prob, 0.0, 1.0)
 
