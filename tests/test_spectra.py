@@ -7,6 +7,7 @@ from exp2sim.instrument.detectors import MAPS_COVERAGE, PCSMO_PSI, PCSMO_TILT, b
 from exp2sim.instrument.kinematics import kinematic_l
 from exp2sim.instrument.resolution import MAPS_RESOLUTION
 from exp2sim.instrument.spectrometer import PCSMO_SETTINGS, Setting
+from exp2sim.spectra import calculator
 from exp2sim.spectra.calculator import (
     ConvolvedSpectra,
     PulseTable,
@@ -250,15 +251,19 @@ def test_pulse_table_window_against_the_normal_distribution():
     assert np.all(table.window(theta, phi, far, far + 1) <= 1e-7)
 
 
-def test_pulse_support_drops_nothing_that_counts(monkeypatch):
-    """Modes seen beyond the tables' support are skipped before their probability is
-    computed; the spectrum equals the one computed with every mode out to the full table."""
+@pytest.mark.parametrize("method", ["gaussian", "montecarlo"])
+def test_reach_cut_drops_nothing_that_counts(method, monkeypatch):
+    """Modes seen beyond the routes' reach (Monte Carlo: the pulse tables' support; Gaussian:
+    GAUSSIAN_REACH widths) are skipped before their probability is computed; the spectrum
+    equals the one computed out to the full table (Monte Carlo) or 8 widths (Gaussian)."""
     model = load_model("goodenough")
     bins = CutLayout(Setting(70.0, 250.0), h=0.3, k=0.1, n_e=120).bins()
-    calc = ConvolvedSpectra(model, bins, MAPS_RESOLUTION, method="montecarlo", n_mc=4)
+    calc = ConvolvedSpectra(model, bins, MAPS_RESOLUTION, method=method, n_mc=4)
     fast = calc(model.best_fit)
+    monkeypatch.setattr(calculator, "GAUSSIAN_REACH", 8.0)
     for group in calc._groups:
-        monkeypatch.setattr(group[3], "support", PulseTable.reach)
+        if group[3] is not None:
+            monkeypatch.setattr(group[3], "support", PulseTable.reach)
     full = calc(model.best_fit)
     assert np.nanmax(full) > 0
     np.testing.assert_allclose(fast, full, rtol=1e-12, atol=1e-12 * np.nanmax(full))

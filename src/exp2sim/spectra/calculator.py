@@ -436,9 +436,7 @@ class ConvolvedSpectra:
             )
             width = np.sqrt(np.maximum(var, 0.0))
             if pulse is None:
-                # beyond 5.5 widths (plus the box) a mode adds at most Phi(-5.5) = 2e-8, below
-                # the 1e-6 under which contributions are dropped
-                near_bin = np.abs(energy - centre) < half + a_h + a_k + 5.5 * width
+                near_bin = np.abs(energy - centre) < half + a_h + a_k + GAUSSIAN_REACH * width
                 args = [
                     np.broadcast_to(v, energy.shape)[near_bin] for v in (energy, width, a_h, a_k)
                 ]
@@ -449,7 +447,7 @@ class ConvolvedSpectra:
                 prob = self._pulse_probability(
                     energy, grad_h, grad_k, width, a_h, a_k, e_lo, e_hi, pulse
                 )
-            p, smp, mode = np.nonzero(prob > 1e-6)
+            p, smp, mode = np.nonzero(prob > NEGLIGIBLE)
             e_seen = np.clip(energy[p, smp, mode], e_lo[p, 0, 0], e_hi[p, 0, 0])  # > 0
             near = grid.nearest(tuple(c[p, smp] for c in cell))
             amps = grid.amplitudes[t][near[0], near[1], mode]
@@ -495,6 +493,11 @@ def _below(c: np.ndarray, a1: np.ndarray, a2: np.ndarray, b: np.ndarray) -> np.n
 
 
 SAMPLED_VARIABLES = ("moderator_time", "chopper_time")
+# a (point, mode) pair seen in a bin with a smaller probability adds nothing to the bin
+NEGLIGIBLE = 1e-6
+# Gaussian route: beyond this many widths (plus the sub-box) from a bin a mode is seen in it
+# with a probability of at most Phi(-5.5) = 2e-8 < NEGLIGIBLE, so it is not evaluated
+GAUSSIAN_REACH = 5.5
 _PULSE_CACHE: dict = {}
 
 
@@ -545,9 +548,9 @@ class PulseTable:
                 cdf = np.cumsum(np.clip(conv, 0.0, None))
                 table[i, j] = cdf / cdf[-1]
         self.table = table
-        # |t| beyond which F is within 1e-7 of 0 or 1 in every row: a mode seen that far
-        # outside a bin adds less than the 1e-6 below which contributions are dropped
-        tiny = 1e-7
+        # |t| beyond which F is within NEGLIGIBLE / 10 of 0 or 1 in every row: a mode seen
+        # that far outside a bin would be dropped anyway
+        tiny = NEGLIGIBLE / 10
         first = int(np.argmax((table > tiny).any(axis=(0, 1))))
         last = n_t - 1 - int(np.argmax((table < 1 - tiny)[..., ::-1].any(axis=(0, 1))))
         self.support = max(-self.t[max(first - 1, 0)], self.t[min(last + 1, n_t - 1)])
