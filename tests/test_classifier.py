@@ -294,31 +294,34 @@ def test_classify_command_trains_and_prints_json(cli_model):
 
 
 def test_classify_text_says_none_of_the_known_models(trained, tmp_path):
+    """The command flags exactly the spectra whose every certainty is below the threshold.
+
+    Featureless spectra (flat background) are rejected by a wide margin: certainty 0.08
+    against the threshold 0.5 (fixture's seed 3, on a 2-core AMD EPYC). Gamma noise is not a
+    dependable example: there its certainties were 0.35-0.52 for the fixture (one of four
+    above the threshold, where an Intel Xeon had all four below) and 0.37-0.92 on average
+    over training seeds 3-7, so for noise the command must only agree with `certainties`."""
     trained.save(tmp_path / "cls")
-    noise = np.random.default_rng(0).gamma(1.0, 1.0, (4, *SHAPE)).astype(np.float32)
     x, _ = dispersions(2, seed=14)
-    stack = np.concatenate([x, noise])
+    rng = np.random.default_rng(0)
+    flat = np.where(np.isnan(x[:2]), np.nan, 1.0 + 0.01 * rng.random((2, *SHAPE)))
+    noise = rng.gamma(1.0, 1.0, (2, *SHAPE))
+    stack = np.concatenate([x, flat, noise]).astype(np.float32)
     known = trained.certainties(stack).max(1) >= trained.config.threshold
-    assert known[:2].all() and not known[2:].any()  # noise: below the threshold
+    assert known[:2].all() and not known[2:4].any()
     np.save(tmp_path / "mixed.npy", stack)
     res = runner.invoke(
         app, ["classify", "--model", str(tmp_path / "cls"), str(tmp_path / "mixed.npy")]
     )
     assert res.exit_code == 0, res.output
     rows = [line for line in res.output.splitlines() if "none of the known models" in line]
-    assert len(rows) == 4
+    assert len(rows) == int((~known).sum())
     res = runner.invoke(
         app,
-        [
-            "classify",
-            "--model",
-            str(tmp_path / "cls"),
-            str(tmp_path / "mixed.npy"),
-            "--format",
-            "json",
-        ],
+        ["classify", "--model", str(tmp_path / "cls"), str(tmp_path / "mixed.npy")]
+        + ["--format", "json"],
     )
-    assert [r["known"] for r in json.loads(res.output)] == [True, True, False, False, False, False]
+    assert [r["known"] for r in json.loads(res.output)] == known.tolist()
 
 
 def test_classify_deconvolves_with_a_gan_run_first(cli_model):
