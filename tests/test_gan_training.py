@@ -33,8 +33,14 @@ def rel(x, y):
     return float(np.linalg.norm(x - y) / np.linalg.norm(y))
 
 
-# the paper's losses and normalisation, and with exp2sim's intensity loss and mean scales
-VARIANTS = {"paper": {}, "intensity": {"intensity_scale": "mean", "lambda_intensity": 5.0}}
+# the paper's losses and normalisation; with exp2sim's intensity loss and mean scales; and the
+# paper's setting with bf16 autocast, which must clear the same bar as float32 to count as a
+# speed-up that keeps accuracy (issue 4; 1D at this size it is slower on the CPU, 87 s vs 66 s)
+VARIANTS = {
+    "paper": {},
+    "intensity": {"intensity_scale": "mean", "lambda_intensity": 5.0},
+    "bf16": {"precision": "bf16"},
+}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -79,7 +85,8 @@ def test_gan_learns_a_known_blur_and_its_inverse(blur_run):
     exp2sim = Translator.from_run(blur_run / "run", "exp2sim")
     sim2exp = Translator.from_run(blur_run / "run", "sim2exp")
     deconvolved, convolved = exp2sim(blurred), sim2exp(truth)
-    # seeds 0-3 at the time of writing: 0.30-0.47 vs 0.65 and 0.22-0.27 vs 1.08
+    # fp32, seeds 0-3 at the time of writing: 0.30-0.47 vs 0.65 and 0.22-0.27 vs 1.08;
+    # bf16 autocast, seed 0: 0.34 and 0.33 (fp32 on the same machine: 0.43 and 0.28)
     assert rel(deconvolved, truth) < 0.8 * rel(blurred, truth)
     assert rel(convolved, blurred) < 0.5 * rel(truth, blurred)
     history = json.loads((blur_run / "run" / "history.json").read_text())
