@@ -32,7 +32,9 @@ and the `small` one (the TrainConfig defaults: ngf 32, 6 blocks, 64 x 64 crops),
 6. Achieved FLOP/s (FLOPs counted with torch's FlopCounterMode on the first warm-up call,
    convolutions and matrix products, backward included; the Winograd route does fewer
    multiplications for the same result, so its rate is below the plain layers') as a
-   fraction of a large matrix product's FLOP/s measured in the same run at the same precision.
+   fraction of a large matrix product's FLOP/s measured in the same run at the same precision,
+   and of a large 3 x 3 convolution's through mkldnn/cuDNN (faster than the matrix product
+   on some CPUs, see `convolution_peaks`).
 7. 3D tiling: a small-width 3D generator translates a 64 x 64 x 32 volume (four times the
    32^3 training crop) whole and in tiles (`Translator(max_voxels=32**3)`): wall time, peak
    extra memory and the relative L2 difference between the tiled and the whole result.
@@ -655,6 +657,27 @@ def print_check(check: dict, device: torch.device) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+def convolution_peaks(device: torch.device, quick: bool) -> dict[str, float]:
+    """FLOP/s of one large 3 x 3 convolution through the backend's own kernels (mkldnn on
+    the CPU, cuDNN on CUDA), 256 -> 256 channels on 64 x 128 pixels (batch 4 on CUDA),
+    forward, median of a few, per precision. A second reference beside the matrix product:
+    on some CPUs (a 2-core AMD EPYC) mkldnn's convolutions run at twice the FLOP/s of the
+    matrix product that torch calls, so "% of matmul" above 100 is possible there."""
+    batch = 4 if device.type == "cuda" else 1
+    repeats = (3 if quick else 5) if device.type == "cpu" else 20
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        x = torch.randn(batch, 256, 64, 128, device=device, dtype=dtype)
+        w = 0.01 * torch.randn(256, 256, 3, 3, device=device, dtype=dtype)
+        with torch.no_grad():
+            timed(lambda x=x, w=w: F.conv2d(x, w, padding=1), device)  # warm-up
+            seconds = statistics.median(
+                timed(lambda x=x, w=w: F.conv2d(x, w, padding=1), device) for _ in range(repeats)
+            )
+        peaks[name] = 2 * batch * 256 * 256 * 9 * 64 * 128 / seconds
+    return peaks
+
+
 def plan(args: argparse.Namespace, device: torch.device, tmp: Path) -> list[dict]:
     """Every case, in the order they run."""
     cpu = device.type == "cpu"
@@ -731,13 +754,15 @@ def reference_name(case: dict) -> str:
     return "naive" if case["kind"] == "train" else "plain"
 
 
-def derive(cases: list[dict], peaks: dict[str, float]) -> None:
-    """FLOP/s and its fraction of the matrix product's, the bf16-vs-fp32 differences of
-    the translations and the tiled-vs-whole one of the 3D volume."""
+def derive(cases: list[dict], peaks: dict[str, float], conv_peaks: dict[str, float]) -> None:
+    """FLOP/s and its fraction of the matrix product's and the large convolution's, the
+    bf16-vs-fp32 differences of the translations and the tiled-vs-whole one of the 3D
+    volume."""
     for c in cases:
         c["flop_rate"] = c["flops"] / c["seconds"]
         reference = "tf32" if c["precision"] == "fp32" and "tf32" in peaks else c["precision"]
         c["matmul_fraction"] = c["flop_rate"] / peaks[reference]
+        c["conv_fraction"] = c["flop_rate"] / conv_peaks[c["precision"]]
 
     def output(**match: object) -> np.ndarray:
         """The saved translation of the case whose fields equal `match`."""
@@ -792,15 +817,16 @@ def print_progress(c: dict) -> None:
 def markdown(cases: list[dict]) -> str:
     rows = [
         "| case | precision | s | vs naive/plain | peak extra MiB | GFLOP | GFLOP/s "
-        "| % of matmul | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| % of matmul | % of conv | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in cases:
         speed = f"{c['speedup']:.2f}x" if "speedup" in c else ""
         rows.append(
             f"| {label(c)} | {c['precision']} | {c['seconds']:.3f} | {speed} "
             f"| {c['peak_bytes'] / MiB:.0f} | {c['flops'] / 1e9:.1f} "
-            f"| {c['flop_rate'] / 1e9:.1f} | {100 * c['matmul_fraction']:.1f} | {notes(c)} |"
+            f"| {c['flop_rate'] / 1e9:.1f} | {100 * c['matmul_fraction']:.1f} "
+            f"| {100 * c['conv_fraction']:.1f} | {notes(c)} |"
         )
     return "\n".join(rows)
 
@@ -852,6 +878,12 @@ def main() -> None:
         + (" (fp32 cases are compared with TF32: cuDNN's default)" if "tf32" in peaks else "")
     )
 
+    conv_peaks = convolution_peaks(device, args.quick)
+    print(
+        "Convolution reference (3 x 3, 256 -> 256 channels, 64 x 128): "
+        + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in conv_peaks.items())
+    )
+
     check = equality_check(device)
     print_check(check, device)
     if not check["passed"]:
@@ -879,14 +911,14 @@ def main() -> None:
                 if kept:
                     case["speedup_kept"] = kept[0]["seconds"] / case["seconds"]
             print_progress(case)
-        derive(cases, peaks)
+        derive(cases, peaks, conv_peaks)
 
     print(
         "\nSummary. s: median seconds per training iteration (batch 1) or per translation; "
         "peak extra: memory\nof one more iteration/translation above that in use before it "
         "(weights, Adam state, inputs);\nGFLOP: convolutions and matrix products as counted "
-        "by torch, backward included; % of matmul:\nachieved FLOP/s over the matrix product's "
-        "at the same precision.\n"
+        "by torch, backward included; % of matmul / conv:\nachieved FLOP/s over the matrix "
+        "product's / the large convolution's at the same precision.\n"
     )
     print(markdown(cases))
     print(f"\ntotal benchmark time {time.perf_counter() - t_start:.0f} s")
@@ -899,6 +931,7 @@ def main() -> None:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "matmul_flops": peaks,
+            "convolution_flops": conv_peaks,
             "check": check,
             "cases": cases,
         }

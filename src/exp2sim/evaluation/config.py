@@ -88,7 +88,7 @@ class EvaluationConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # A 2-core CPU, no GPU: everything in about 11 minutes. A narrower, shallower GAN
+    # A 2-core CPU, no GPU: everything in 7-11 minutes. A narrower, shallower GAN
     # with a higher learning rate than the paper's, 1,500 iterations, and two additions of
     # exp2sim's (not in the paper): intensity scales from the mean intensity and the
     # intensity loss (weight 5; gan/config.py). Trials on one demo run's data, 40 + 40

@@ -115,8 +115,10 @@ PRESETS: dict[str, dict] = {
     # A few minutes per epoch on a 2-core CPU for a few hundred 2D spectra.
     "small": {},
     # The paper's configuration (GPU-sized): 11.4 M-parameter generators, 256 crops, 200 + 200
-    # epochs. fp32: bf16 autocast measured slower on the 2-core CPU and no faster on an H100
-    # at batch 1 (benchmarks/bench_gan.py).
+    # epochs. fp32 by default, as in the paper. On CPUs with bf16 units, `precision = "bf16"`
+    # trains 1.8-2.35x faster than the straightforward fp32 step (AMX Xeon, AVX-512 EPYC;
+    # fp32 1.28-1.68x) and learns the tests' blur task as well; an H100 at batch 1 was no
+    # faster with it (benchmarks/bench_gan.py, README).
     "paper": {
         "ngf": 64,
         "n_blocks": 9,
