@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker gets its share of the cores for torch's threads, so
+    that two workers on two cores do not run four threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for `--dist loadgroup` (pyproject.toml): a file's tests run in one worker, so
+    that its module-scoped fixtures are built once, except the GAN learning runs, whose
+    variants (a minute or more each) go to workers of their own."""
+    for item in items:
+        group = item.path.stem
+        params = getattr(item, "callspec", None)
+        if params is not None and "blur_run" in params.params:
+            group += "-" + str(params.params["blur_run"])
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
