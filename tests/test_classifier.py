@@ -307,7 +307,9 @@ def test_classify_text_says_none_of_the_known_models(trained, tmp_path):
     flat = np.where(np.isnan(x[:2]), np.nan, 1.0 + 0.01 * rng.random((2, *SHAPE)))
     noise = rng.gamma(1.0, 1.0, (2, *SHAPE))
     stack = np.concatenate([x, flat, noise]).astype(np.float32)
-    known = trained.certainties(stack).max(1) >= trained.config.threshold
+    known = trained.known(stack)
+    certain = trained.certainties(stack).max(1) >= trained.config.threshold
+    np.testing.assert_array_equal(known, certain)
     assert known[:2].all() and not known[2:4].any()
     np.save(tmp_path / "mixed.npy", stack)
     res = runner.invoke(

@@ -180,8 +180,14 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     for table in ("accuracy_classifier_unconvolved", "accuracy_classifier_convolved"):
         assert all(0.0 <= v <= 1.0 for v in m[table].values())
     assert set(m["applicability"]) >= {"digits", "photographs", "Rb2MnF4", "negative control"}
+    for fractions in m["known_fraction"].values():
+        assert set(fractions) == set(m["applicability"]) - {"training set"}
+        # fractions of the sets' sizes (n_test per model for the tests, n_outliers else)
+        sizes = {k: 2 * 3 if k.startswith("test") else 3 for k in fractions}
+        assert all(abs(v * sizes[k] - round(v * sizes[k])) < 1e-9 for k, v in fractions.items())
     report = (out / "report.md").read_text()
     assert "Gap closed by the GAN" in report and "ROC AUC" in report
+    assert "know what it does not know" in report
     assert m["volume"]["shape"] == [16, 16, 16]
     assert np.isfinite(m["volume"]["psnr_deconvolution"]["GAN"])
     assert "3D example" in report

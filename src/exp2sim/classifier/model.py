@@ -316,6 +316,11 @@ class DUQClassifier:
         """Index (n,) of the most certain class (see `known` for out-of-distribution)."""
         return self.certainties(spectra).argmax(1)
 
+    def known(self, spectra: np.ndarray) -> np.ndarray:
+        """Bool (n,): whether some certainty reaches the threshold; False means "none of the
+        known models". (A weak test of novelty: see the README's DUQ section.)"""
+        return self.certainties(spectra).max(1) >= self.config.threshold
+
     def results(self, spectra: np.ndarray) -> list[dict[str, Any]]:
         """Per spectrum: {"certainties": {class: value}, "prediction": class, "known": bool},
         known = False when every certainty is below the threshold."""

@@ -339,6 +339,12 @@ def run_evaluation(
         }
         forward = {k: float(v.mean()) for k, v in correct_fwd.items()}
         reverse = {k: float(v.mean()) for k, v in correct_rev.items()}
+        # does either classifier call the out-of-distribution inputs "none of the known"?
+        novel = {"test (unconvolved)": test.signal, "test (convolved)": test_conv.signal, **extra}
+        known = {
+            name: {k: float(clf.known(x).mean()) for k, x in novel.items()}
+            for name, clf in (("unconvolved", cls_unconvolved), ("convolved", cls_convolved))
+        }
 
     def interval(correct: dict[str, np.ndarray], after: str) -> list[float]:
         """One-sigma bootstrap interval of the gap closed (the test set is small)."""
@@ -390,6 +396,7 @@ def run_evaluation(
         "accuracy_standard_error": float(np.sqrt(0.25 / len(test))),
         "fidelity_deconvolution": fid_deconv,
         "fidelity_convolution": fid_conv,
+        "known_fraction": known,
         **applicability["metrics"],
     }
     with stages.stage("Figures and report"):

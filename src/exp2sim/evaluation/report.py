@@ -104,6 +104,21 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         ["inputs", "mean distance", "trustworthy / expert / untrustworthy", "ROC AUC vs test"],
         rows,
     )
+    known = m["known_fraction"]
+    out += [
+        "",
+        "## Does a classifier know what it does not know?",
+        "",
+        "Share of each set that a classifier assigns to one of the known models (some "
+        'certainty at or above its threshold); it calls the rest "none of the known models". '
+        "For the out-of-distribution sets this should be near 0 %; where it is not, trust "
+        "the applicability verdicts above rather than the classifier's certainty.",
+        "",
+    ]
+    out += _table(
+        ["inputs", "classifier (unconvolved)", "classifier (convolved)"],
+        [[k, _pct(v), _pct(known["convolved"][k])] for k, v in known["unconvolved"].items()],
+    )
     out += [
         "",
         "## Figures",
