@@ -334,9 +334,11 @@ def test_classify_deconvolves_with_a_gan_run_first(cli_model):
     root = cli_model
     x, _ = dispersions(4, seed=12)
     np.save(root / "gan.npy", x)
+    # enough spectra to calibrate the run's applicability zones with 20 points per subset
+    np.save(root / "gan_train.npy", dispersions(30, seed=13)[0])
     tiny = TINY_GAN
     config = TrainConfig(**tiny, epochs=1, epochs_decay=0, iterations_per_epoch=1)
-    Trainer.new(config, root / "gan.npy", root / "gan.npy", root / "run").fit()
+    Trainer.new(config, root / "gan_train.npy", root / "gan_train.npy", root / "run").fit()
     res = runner.invoke(
         app,
         [
@@ -351,11 +353,39 @@ def test_classify_deconvolves_with_a_gan_run_first(cli_model):
         ],
     )
     assert res.exit_code == 0, res.output
-    got = [[r["certainties"][c] for c in CLASSES] for r in json.loads(res.output)]
+    rows = json.loads(res.stdout)  # stderr: a line on the applicability calibration
+    got = [[r["certainties"][c] for c in CLASSES] for r in rows]
     translated = Translator.from_run(root / "run", "exp2sim", device="cpu")(x)
     clf = DUQClassifier.load(root / "cls", device="cpu")
     np.testing.assert_allclose(got, clf.certainties(translated), atol=1e-6)
     assert not np.allclose(got, clf.certainties(x), atol=1e-6)  # the translation did happen
+    # beside each answer: the applicability verdict of the deconvolving GAN on the input,
+    # as `exp2sim applicability` gives it (same calibration file, default settings)
+    from exp2sim.applicability import ApplicabilityDomain
+
+    expected = ApplicabilityDomain.for_run(root / "run", "exp2sim", device="cpu")
+    assessment = expected.assess_spectra(x)
+    assert [r["applicability"]["verdict"] for r in rows] == list(assessment.verdicts)
+    np.testing.assert_allclose(
+        [r["applicability"]["distance"] for r in rows], assessment.means, rtol=1e-6
+    )
+    text = runner.invoke(
+        app,
+        ["classify", "--model", str(root / "cls"), str(root / "gan.npy")]
+        + ["--deconvolve", str(root / "run")],
+    )
+    assert text.exit_code == 0 and "GAN applicability" in text.output
+    assert assessment.verdicts[0] in text.output
+    # a run too small to calibrate still deconvolves and classifies, and says why no verdict
+    Trainer.new(config, root / "gan.npy", root / "gan.npy", root / "small").fit()
+    res = runner.invoke(
+        app,
+        ["classify", "--model", str(root / "cls"), str(root / "gan.npy")]
+        + ["--deconvolve", str(root / "small"), "--format", "json"],
+    )
+    assert res.exit_code == 0 and "no applicability verdict" in res.stderr
+    rows = json.loads(res.stdout)
+    assert len(rows) == 4 and all("applicability" not in r for r in rows)
 
 
 @pytest.mark.parametrize(

@@ -135,12 +135,17 @@ def _classify(model: Path, input: Path, deconvolve: Path | None, fmt: str, devic
     file = read_spectra_file(input)
     check_compatible(file, clf.input_shape, clf.axes, str(input))
     spectra = file.signal
+    single = spectra.shape == clf.input_shape
+    trust = None
     if deconvolve is not None:
         from exp2sim.gan.translate import Translator
 
+        trust = _gan_applicability(deconvolve, spectra[None] if single else spectra, device)
         spectra = Translator.from_run(deconvolve, "exp2sim", device=device)(spectra)
-    single = spectra.shape == clf.input_shape
     results = clf.results(spectra)
+    if trust is not None:
+        for r, t in zip(results, trust, strict=True):
+            r["applicability"] = t
     if fmt == "json":
         typer.echo(json.dumps(results[0] if single else results, indent=2))
         return
@@ -149,7 +154,35 @@ def _classify(model: Path, input: Path, deconvolve: Path | None, fmt: str, devic
     for c in clf.classes:
         table.add_column(c, justify="right")
     table.add_column("prediction")
+    if trust is not None:
+        table.add_column("GAN applicability (distance)")
     for i, r in enumerate(results):
         verdict = r["prediction"] if r["known"] else NONE_KNOWN
-        table.add_row(str(i), *(f"{r['certainties'][c]:.3f}" for c in clf.classes), verdict)
+        row = [str(i), *(f"{r['certainties'][c]:.3f}" for c in clf.classes), verdict]
+        if trust is not None:
+            row.append(f"{r['applicability']['verdict']} ({r['applicability']['distance']:.3g})")
+        table.add_row(*row)
     console.print(table)
+
+
+def _gan_applicability(run: Path, spectra: np.ndarray, device: str) -> list[dict[str, Any]] | None:
+    """Whether the GAN that deconvolves can be trusted on each input (n, *S): the verdict
+    and mean distance of `exp2sim applicability --run RUN` (default settings; the zones are
+    calibrated on the run's first use and saved with it). The classifier's own certainty is
+    a weak test of novelty (README), so the deconvolving run's verdict is shown beside it.
+    None, with a note, where the run cannot be calibrated (too few training spectra)."""
+    from exp2sim.applicability import ApplicabilityDomain
+
+    def note(message: str) -> None:
+        err_console.print(message, highlight=False, markup=False)
+
+    try:
+        domain = ApplicabilityDomain.for_run(run, "exp2sim", device=device, log=note)
+    except ValueError as exc:  # e.g. a run with fewer training spectra than points
+        note(f"note: no applicability verdict for {run}: {exc}")
+        return None
+    result = domain.assess_spectra(spectra)
+    return [
+        {"verdict": v, "distance": float(d)}
+        for v, d in zip(result.verdicts, result.means, strict=True)
+    ]
