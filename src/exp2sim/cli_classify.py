@@ -149,16 +149,24 @@ def _classify(model: Path, input: Path, deconvolve: Path | None, fmt: str, devic
     if fmt == "json":
         typer.echo(json.dumps(results[0] if single else results, indent=2))
         return
-    table = Table(title=f"{input}: certainty per model (threshold {clf.config.threshold:g})")
+    title = f"{input}: certainty per model (threshold {clf.config.threshold:g}"
+    if clf.novelty is not None:
+        title += f"; novelty limit {clf.novelty['limit']:.3g}"
+    table = Table(title=title + ")")
     table.add_column("spectrum", justify="right")
     for c in clf.classes:
         table.add_column(c, justify="right")
+    if clf.novelty is not None:
+        table.add_column("novelty", justify="right")
     table.add_column("prediction")
     if trust is not None:
         table.add_column("GAN applicability (distance)")
     for i, r in enumerate(results):
         verdict = r["prediction"] if r["known"] else NONE_KNOWN
-        row = [str(i), *(f"{r['certainties'][c]:.3f}" for c in clf.classes), verdict]
+        row = [str(i), *(f"{r['certainties'][c]:.3f}" for c in clf.classes)]
+        if clf.novelty is not None:
+            row.append(f"{r['novelty']:.3g}")
+        row.append(verdict)
         if trust is not None:
             row.append(f"{r['applicability']['verdict']} ({r['applicability']['distance']:.3g})")
         table.add_row(*row)

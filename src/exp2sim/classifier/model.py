@@ -63,6 +63,8 @@ class ClassifierConfig:
     percentile: float = 99.0
     compression: float = 10.0
     threshold: float = 0.5  # every certainty below it: none of the known models
+    # ... and beyond this quantile of in-distribution novelty distances (0: not used)
+    novelty_quantile: float = 0.99
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -84,6 +86,8 @@ class ClassifierConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if not 0 <= self.novelty_quantile <= 1:
+            raise ValueError(f"novelty_quantile must be in [0, 1], got {self.novelty_quantile}")
         if not 0 < self.percentile <= 100 or self.compression <= 0:
             raise ValueError("percentile must be in (0, 100] and compression positive")
 
@@ -157,6 +161,9 @@ class DUQClassifier:
         self.mask: np.ndarray | None = None  # S bool, True = no data in any training spectrum
         self.history: list[dict[str, Any]] = []
         self.device = torch.device("cpu")
+        # novelty: the training features' mean (F,) and shrunk precision matrix (F, F) and
+        # the largest distance still called known (see `novelty_distance`); None if unset
+        self.novelty: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ training
     def epochs_for(self, n_train: int) -> int:
@@ -241,7 +248,47 @@ class DUQClassifier:
             self.history.append(entry)
             if progress is not None:
                 progress(entry)
+        self.novelty = self._fit_novelty(z_t, m_t, val)
         return self
+
+    def _fit_novelty(
+        self, z: torch.Tensor, measured: torch.Tensor, val: np.ndarray
+    ) -> dict[str, Any] | None:
+        """Mean and Ledoit-Wolf-shrunk precision of the training spectra's features, and
+        the limit of "known": the `novelty_quantile` of distances measured out of fit (each
+        half of the training spectra against statistics of the other half; far more spectra
+        than the held-out set), scaled up by the held-out spectra's median distance over
+        the out-of-fit median where that is larger. None with novelty_quantile 0 or under 8
+        training spectra.
+
+        Why: DUQ's kernels measure distance only along the directions each W_c keeps, and
+        on the demo's mosaics they called 100 % of Rb2MnF4 spectra and 60-70 % of digits
+        and photographs known. The features themselves keep those inputs apart (Mahalanobis
+        distance, as Lee et al. 2018 use for out-of-distribution detection): ROC AUC
+        0.98-1.00 against the test spectra for every out-of-distribution set there."""
+        from sklearn.covariance import LedoitWolf
+
+        train = np.flatnonzero(~val)
+        if self.config.novelty_quantile == 0 or len(train) < 8:
+            return None
+        features = self._features(z[train], measured[train])
+
+        def fit(f: np.ndarray) -> dict[str, np.ndarray]:
+            shrunk = LedoitWolf().fit(f)
+            return {"location": shrunk.location_, "precision": shrunk.precision_}
+
+        halves = (features[0::2], features[1::2])
+        out_of_fit = np.concatenate([_mahalanobis(halves[1 - i], **fit(halves[i])) for i in (0, 1)])
+        novelty = fit(features)
+        limit = float(np.quantile(out_of_fit, self.config.novelty_quantile))
+        if val.any():
+            # spectra the network never trained on lie further out than its training
+            # spectra, even out of fit (on the demo's test sets 1.3-1.4x in the median):
+            # scale the limit by the held-out spectra's median over the out-of-fit one
+            held_out = _mahalanobis(self._features(z[val], measured[val]), **novelty)
+            limit *= max(1.0, float(np.median(held_out) / np.median(out_of_fit)))
+        novelty["limit"] = limit
+        return novelty
 
     def _build(self) -> DUQNetwork:
         cfg = self.config
@@ -278,15 +325,30 @@ class DUQClassifier:
         accuracy = (kernel.argmax(1) == onehot.argmax(1)).float().mean()
         return np.array([loss.item(), bce.item(), penalty.item(), accuracy.item()])
 
+    def _kernel(self, z: torch.Tensor, measured: torch.Tensor) -> np.ndarray:
+        """Kernel values (n, C) of normalised inputs."""
+        return self._kernel_and_features(z, measured)[0]
+
+    def _features(self, z: torch.Tensor, measured: torch.Tensor) -> np.ndarray:
+        """Feature vectors (n, F) of normalised inputs."""
+        return self._kernel_and_features(z, measured)[1]
+
     @torch.no_grad()
-    def _kernel(self, z: torch.Tensor, measured: torch.Tensor, batch: int = 64) -> np.ndarray:
-        """Kernel values (n, C) of normalised inputs, in batches."""
+    def _kernel_and_features(
+        self, z: torch.Tensor, measured: torch.Tensor, batch: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Kernel values (n, C) and feature vectors (n, F), float64, in batches."""
         self.network.eval()
-        out = []
+        kernels, features = [], []
         for i in range(0, len(z), batch):
             zb, mb = z[i : i + batch].to(self.device), measured[i : i + batch].to(self.device)
-            out.append(self.network(torch.stack([zb * mb, mb], 1))[0].cpu().numpy())
-        return np.concatenate(out).astype(np.float64)
+            f = self.network.features(torch.stack([zb * mb, mb], 1))
+            kernels.append(self.network.head.kernel(self.network.head.embed(f)).cpu().numpy())
+            features.append(f.cpu().numpy())
+        return (
+            np.concatenate(kernels).astype(np.float64),
+            np.concatenate(features).astype(np.float64),
+        )
 
     # ------------------------------------------------------------------ inference
     def _inputs(self, spectra: np.ndarray) -> np.ndarray:
@@ -308,31 +370,56 @@ class DUQClassifier:
     def certainties(self, spectra: np.ndarray) -> np.ndarray:
         """Kernel values (n, C) in [0, 1] for one spectrum S or a stack (n, *S): the
         certainty that each spectrum comes from each class."""
+        return self._assess(spectra)[0]
+
+    def novelty_distance(self, spectra: np.ndarray) -> np.ndarray | None:
+        """Mahalanobis distance (n,) of each spectrum's features from the training
+        spectra's (mean and shrunk covariance); above `novelty["limit"]` a spectrum is
+        none of the known models whatever its certainties. None for a classifier without
+        novelty statistics (no held-out spectra, novelty_quantile 0, or saved before
+        they existed)."""
+        return self._assess(spectra)[1]
+
+    def _assess(self, spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Certainties (n, C) and novelty distances (n,) or None, from one network pass."""
         array = self._inputs(spectra)
         z, measured = normalise(array, self.config.percentile, self.config.compression)
-        return self._kernel(torch.from_numpy(z), torch.from_numpy(measured))
+        k, f = self._kernel_and_features(torch.from_numpy(z), torch.from_numpy(measured))
+        if self.novelty is None:
+            return k, None
+        return k, _mahalanobis(f, self.novelty["location"], self.novelty["precision"])
+
+    def _known(self, k: np.ndarray, distance: np.ndarray | None) -> np.ndarray:
+        known = k.max(1) >= self.config.threshold
+        if distance is not None:
+            known &= distance <= self.novelty["limit"]
+        return known
 
     def predict(self, spectra: np.ndarray) -> np.ndarray:
         """Index (n,) of the most certain class (see `known` for out-of-distribution)."""
         return self.certainties(spectra).argmax(1)
 
     def known(self, spectra: np.ndarray) -> np.ndarray:
-        """Bool (n,): whether some certainty reaches the threshold; False means "none of the
-        known models". (A weak test of novelty: see the README's DUQ section.)"""
-        return self.certainties(spectra).max(1) >= self.config.threshold
+        """Bool (n,): some certainty reaches the threshold and the novelty distance (where
+        the classifier has one) stays within its limit; False: "none of the known models"."""
+        return self._known(*self._assess(spectra))
 
     def results(self, spectra: np.ndarray) -> list[dict[str, Any]]:
-        """Per spectrum: {"certainties": {class: value}, "prediction": class, "known": bool},
-        known = False when every certainty is below the threshold."""
-        k = self.certainties(spectra)
-        return [
-            {
+        """Per spectrum: {"certainties": {class: value}, "prediction": class, "known": bool,
+        "novelty": distance (absent without novelty statistics)}; see `known`."""
+        k, distance = self._assess(spectra)
+        known = self._known(k, distance)
+        out = []
+        for i, row in enumerate(k):
+            r = {
                 "certainties": {c: float(v) for c, v in zip(self.classes, row, strict=True)},
                 "prediction": self.classes[int(row.argmax())],
-                "known": bool(row.max() >= self.config.threshold),
+                "known": bool(known[i]),
             }
-            for row in k
-        ]
+            if distance is not None:
+                r["novelty"] = float(distance[i])
+            out.append(r)
+        return out
 
     @property
     def validation_accuracy(self) -> float | None:
@@ -348,6 +435,9 @@ class DUQClassifier:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {"network": self.network.state_dict(), "mask": torch.from_numpy(self.mask)}
+        if self.novelty is not None:
+            state["novelty_location"] = torch.from_numpy(self.novelty["location"])
+            state["novelty_precision"] = torch.from_numpy(self.novelty["precision"])
         info = {
             "format": FORMAT,
             "config": self.config.to_dict(),
@@ -355,6 +445,7 @@ class DUQClassifier:
             "input_shape": list(self.input_shape),
             "history": self.history,
             "axes": None if self.axes is None else {k: v.tolist() for k, v in self.axes.items()},
+            "novelty_limit": None if self.novelty is None else self.novelty["limit"],
         }
         save_state(directory / WEIGHTS, state, info)
         write_text_atomic(directory / CONFIG, json.dumps(self.config.to_dict(), indent=2) + "\n")
@@ -378,6 +469,12 @@ class DUQClassifier:
         clf.axes = None if axes is None else {k: np.asarray(v) for k, v in axes.items()}
         state, _ = load_state(path)
         clf.mask = state["mask"].numpy().astype(bool)
+        if info.get("novelty_limit") is not None:
+            clf.novelty = {
+                "location": state["novelty_location"].numpy(),
+                "precision": state["novelty_precision"].numpy(),
+                "limit": float(info["novelty_limit"]),
+            }
         if clf.mask.shape != clf.input_shape:
             raise ValueError(f"{path}: mask shape {clf.mask.shape} != input shape")
         clf.device = pick_device(device)
@@ -390,3 +487,9 @@ class DUQClassifier:
             ) from None
         clf.network.to(clf.device)
         return clf
+
+
+def _mahalanobis(features: np.ndarray, location: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """sqrt((f - mu)^T P (f - mu)) for each row f of features (n, F); mu (F,), P (F, F)."""
+    d = features - location
+    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, precision, d), 0.0))
