@@ -534,12 +534,23 @@ def in_subprocess(spec: dict) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
+def reference_repeats(device: torch.device, quick: bool) -> int:
+    """Timed calls of a reference kernel (matrix product, convolution)."""
+    return (3 if quick else 5) if device.type == "cpu" else 20
+
+
+def warm_median(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median seconds of `repeats` calls of fn after one untimed warm-up call."""
+    timed(fn, device)
+    return statistics.median(timed(fn, device) for _ in range(repeats))
+
+
 def matmul_peaks(device: torch.device, quick: bool) -> dict[str, float]:
     """FLOP/s of a large square matrix product (2 n^3 FLOPs), median of a few, per precision:
     n = 4096 on the CPU, 8192 on CUDA. On CUDA also TF32, which fp32 convolutions use by
     default (torch.backends.cudnn.allow_tf32)."""
     n = 8192 if device.type == "cuda" else 4096
-    repeats = (3 if quick else 5) if device.type == "cpu" else 20
+    repeats = reference_repeats(device, quick)
     kinds = {"fp32": torch.float32, "bf16": torch.bfloat16}
     if device.type == "cuda":
         kinds["tf32"] = torch.float32
@@ -550,10 +561,7 @@ def matmul_peaks(device: torch.device, quick: bool) -> dict[str, float]:
         try:
             a = torch.randn(n, n, device=device, dtype=dtype)
             b = torch.randn(n, n, device=device, dtype=dtype)
-            timed(lambda a=a, b=b: a @ b, device)  # warm-up
-            seconds = statistics.median(
-                timed(lambda a=a, b=b: a @ b, device) for _ in range(repeats)
-            )
+            seconds = warm_median(lambda a=a, b=b: a @ b, device, repeats)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
         peaks[name] = 2 * n**3 / seconds
@@ -664,16 +672,13 @@ def convolution_peaks(device: torch.device, quick: bool) -> dict[str, float]:
     on some CPUs (a 2-core AMD EPYC) mkldnn's convolutions run at twice the FLOP/s of the
     matrix product that torch calls, so "% of matmul" above 100 is possible there."""
     batch = 4 if device.type == "cuda" else 1
-    repeats = (3 if quick else 5) if device.type == "cpu" else 20
+    repeats = reference_repeats(device, quick)
     peaks = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         x = torch.randn(batch, 256, 64, 128, device=device, dtype=dtype)
         w = 0.01 * torch.randn(256, 256, 3, 3, device=device, dtype=dtype)
         with torch.no_grad():
-            timed(lambda x=x, w=w: F.conv2d(x, w, padding=1), device)  # warm-up
-            seconds = statistics.median(
-                timed(lambda x=x, w=w: F.conv2d(x, w, padding=1), device) for _ in range(repeats)
-            )
+            seconds = warm_median(lambda x=x, w=w: F.conv2d(x, w, padding=1), device, repeats)
         peaks[name] = 2 * batch * 256 * 256 * 9 * 64 * 128 / seconds
     return peaks
 

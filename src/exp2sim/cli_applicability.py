@@ -10,7 +10,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from exp2sim.cli_common import console, err_console, user_errors
+from exp2sim.cli_common import console, err_console, note, user_errors
 
 
 def applicability(
@@ -52,11 +52,11 @@ def applicability(
         sets = {str(path): _read(path, dim, axes) for path in inputs}  # bad input fails fast
         # zones calibrated once per run with the defaults: verdicts use each input's mean
         # distance, whose expectation depends on neither repeats, seed nor points
-        domain = ApplicabilityDomain.for_run(run, direction, log=_note)
+        domain = ApplicabilityDomain.for_run(run, direction, log=note)
         shape = tuple(domain.calibration.get("shape") or ())
         for name, spectra in sets.items():
             if shape and spectra.shape[1:] != shape:
-                _note(
+                note(
                     f"note: {name} holds spectra of shape {spectra.shape[1:]}, the run was "
                     f"trained on {shape}"
                 )
@@ -84,10 +84,6 @@ def applicability(
             reference = {"held-out (calibration)": domain.heldout_distances}
             ridgeline(reference | distributions, domain.thresholds, plot)
             err_console.print(f"wrote {plot}")
-
-
-def _note(message: str) -> None:
-    err_console.print(message, highlight=False, markup=False)
 
 
 def _run_dim(run: Path, direction: str) -> tuple[int, dict | None]:

@@ -10,7 +10,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from exp2sim.cli_common import console, err_console, progress_bar, user_errors
+from exp2sim.cli_common import console, err_console, note, progress_bar, user_errors
 
 NONE_KNOWN = "none of the known models"
 
@@ -180,9 +180,6 @@ def _gan_applicability(run: Path, spectra: np.ndarray, device: str) -> list[dict
     a weak test of novelty (README), so the deconvolving run's verdict is shown beside it.
     None, with a note, where the run cannot be calibrated (too few training spectra)."""
     from exp2sim.applicability import ApplicabilityDomain
-
-    def note(message: str) -> None:
-        err_console.print(message, highlight=False, markup=False)
 
     try:
         domain = ApplicabilityDomain.for_run(run, "exp2sim", device=device, log=note)

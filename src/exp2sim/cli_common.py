@@ -20,6 +20,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def note(message: str) -> None:
+    """One informational line on stderr, printed as it is (no markup, no highlighting)."""
+    err_console.print(message, highlight=False, markup=False)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Bad input ends the command with one line on stderr and exit status 2."""

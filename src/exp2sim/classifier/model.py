@@ -264,8 +264,9 @@ class DUQClassifier:
         Why: DUQ's kernels measure distance only along the directions each W_c keeps, and
         on the demo's mosaics they called 100 % of Rb2MnF4 spectra and 60-70 % of digits
         and photographs known. The features themselves keep those inputs apart (Mahalanobis
-        distance, as Lee et al. 2018 use for out-of-distribution detection): ROC AUC
-        0.98-1.00 against the test spectra for every out-of-distribution set there."""
+        distance, as Lee et al. 2018 use for out-of-distribution detection): with this
+        distance the demo's two classifiers separate 10 spectra each of artefacts, Rb2MnF4,
+        photographs and digits from their 80 test spectra with ROC AUC 0.979-1.000."""
         from sklearn.covariance import LedoitWolf
 
         train = np.flatnonzero(~val)

@@ -110,9 +110,10 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "## Does a classifier know what it does not know?",
         "",
         "Share of each set that a classifier assigns to one of the known models (some "
-        'certainty at or above its threshold); it calls the rest "none of the known models". '
-        "For the out-of-distribution sets this should be near 0 %; where it is not, trust "
-        "the applicability verdicts above rather than the classifier's certainty.",
+        "certainty at or above its threshold and the novelty distance within its limit; "
+        'see `DUQClassifier.known`); it calls the rest "none of the known models". For the '
+        "out-of-distribution sets this should be near 0 %; where it is not, trust the "
+        "applicability verdicts above rather than the classifier.",
         "",
     ]
     out += _table(
