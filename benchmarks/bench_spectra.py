@@ -1,6 +1,6 @@
 """CPU-seconds per 240 x 400 PCSMO mosaic (unconvolved and convolved) and per 3D volume,
 the convergence of the convolution with the number of points per bin, and the scaling of
-dataset generation with Dask workers.
+dataset generation and of parameter draws with Dask workers.
 
 Printed next to the paper's pipeline: ~8 CPU-minutes per unconvolved and ~720 CPU-minutes
 per convolved mosaic. CPU-seconds (process time) of one thread are the measure: Dask's
@@ -10,7 +10,8 @@ against 11.4-12.0 CPU-s, 10.8-12.0 against 11.4-12.0 s wall). The
 convergence criterion is the relative L2 change of the image when the points per bin are
 doubled (target < 2 %).
 
-Usage: python benchmarks/bench_spectra.py [--skip-scaling] [--mc 4,8,16,32] [--gauss 4,9,16,36]
+Usage: python benchmarks/bench_spectra.py [--skip-scaling | --scaling-only]
+       [--mc 4,8,16,32] [--gauss 4,9,16,36]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ import torch
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
 from exp2sim.spectra.factory import make_bins_and_mask, make_calculator
-from exp2sim.spectra.generate import Job, SimulationConfig
+from exp2sim.spectra.generate import DaskClient, Job, SimulationConfig, draw_parameters
 from exp2sim.spinwave import load_model
 
 PAPER_UNCONVOLVED_S = 8 * 60
@@ -66,7 +68,16 @@ def main() -> None:
     ap.add_argument("--gauss", default="4,9,16,36")
     ap.add_argument("--mc", default="4,8,16,32")
     ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--scaling-only", action="store_true", help="only the Dask measurements")
     args = ap.parse_args()
+    if not args.scaling_only:
+        per_spectrum(args)
+    if not args.skip_scaling:
+        scaling()
+
+
+def per_spectrum(args: argparse.Namespace) -> None:
+    """CPU-seconds per mosaic and volume, and the convergence with points per bin."""
     model = load_model("goodenough")
     params = np.asarray(model.best_fit)
 
@@ -109,8 +120,9 @@ def main() -> None:
         f"{(~mask).sum()} unmasked voxels"
     )
 
-    if args.skip_scaling:
-        return
+
+def scaling() -> None:
+    """Dataset generation and parameter draws on 1 and 2 Dask workers."""
     print("\ndataset generation, 8 unconvolved + Gaussian-convolved mosaics (n_mc = 4):")
     rates = {}
     for workers in (1, 2):
@@ -125,6 +137,24 @@ def main() -> None:
             rates[workers] = 8 / (time.perf_counter() - t0)
         print(f"  {workers} worker(s): {rates[workers]:.3f} spectra/s (Dask start-up included)")
     print(f"  speed-up with 2 workers: {rates[2] / rates[1]:.2f}x (target >= 1.7x)")
+
+    # Drawing parameters checks each candidate's stability at every wave vector a spectrum
+    # needs (about an unconvolved spectrum's cost); done in the main process it idled every
+    # worker but one (a 16-core node simulated the demo no faster than 2 cores).
+    print("\nparameter draws, 40 unconvolved mosaics (spread 0.5), stability checks:")
+    config = SimulationConfig(kind="mosaic", resolution="none", n=40, spread=0.5, seed=2)
+    draw_parameters(replace(config, n=1))  # builds this process's calculator
+    t0 = time.perf_counter()
+    here = draw_parameters(config)[0]
+    local = time.perf_counter() - t0
+    with DaskClient(workers=2) as dask:
+        draw_parameters(replace(config, n=1), dask.get())  # workers build their calculators
+        t0 = time.perf_counter()
+        there = draw_parameters(config, dask.get())[0]
+        spread = time.perf_counter() - t0
+    same = "same" if np.array_equal(here, there) else "DIFFERENT"
+    print(f"  in this process ({torch.get_num_threads()} torch threads): {local:.2f} s")
+    print(f"  on 2 Dask workers: {spread:.2f} s ({local / spread:.2f}x; {same} parameters)")
 
 
 if __name__ == "__main__":

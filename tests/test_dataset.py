@@ -211,6 +211,24 @@ def test_draws_are_stable_where_the_calculator_solves():
     assert len(params) == 12 and rejected > 0 and calc.stable(params).all()
 
 
+def test_stability_checks_run_on_the_dask_workers_and_draw_the_same_parameters():
+    from dask.distributed import get_task_stream
+
+    from exp2sim.spectra.generate import DaskClient, draw_parameters, stable_on
+
+    config = SimulationConfig(model="dimer", n=12, seed=1)
+    here, rejected_here = draw_parameters(config)
+    best = load_model("dimer").best_fit
+    with DaskClient(workers=2) as dask, get_task_stream(dask.get()) as tasks:
+        there, rejected_there = draw_parameters(config, dask.get())
+        flags = stable_on(dask.get(), config.calculator_json(), np.array([MARGINAL_DIMER, best]))
+    np.testing.assert_array_equal(there, here)
+    assert rejected_there == rejected_here > 0
+    assert flags.tolist() == [False, True]
+    checks = [t for t in tasks.data if t["key"].startswith("check_stable")]
+    assert len({t["worker"] for t in checks}) == 2  # both workers checked parameter sets
+
+
 def test_spread_draws_near_the_best_fit_and_is_part_of_the_job(tmp_path):
     config = SimulationConfig(n=4, spread=0.2, **CUT)
     assert "spread" not in SimulationConfig(n=4, **CUT).job_key()  # old jobs keep their key

@@ -17,7 +17,13 @@ import numpy as np
 
 from exp2sim.evaluation.config import EvaluationConfig
 from exp2sim.spectra.dataset import read_dataset
-from exp2sim.spectra.generate import Job, SimulationConfig, _calculator, draw_parameters
+from exp2sim.spectra.generate import (
+    DaskClient,
+    Job,
+    SimulationConfig,
+    draw_parameters,
+    stable_on,
+)
 
 Progress = Callable[[str, int, int], None]  # (label, done, total)
 
@@ -74,13 +80,14 @@ def simulate(
     return signal
 
 
-def paired_parameters(config: SimulationConfig) -> np.ndarray:
+def paired_parameters(config: SimulationConfig, client=None) -> np.ndarray:  # noqa: ANN001
     """config.n parameter sets (drawn from config.seed, so reproducible) that both the
     config's convolved calculator and its unconvolved twin can compute: for test spectra
-    simulated both ways from the same parameters."""
-    params, _ = draw_parameters(replace(config, n=config.n + max(4, config.n // 5)))
-    unconvolved = _calculator(replace(config, resolution="none").calculator_json())
-    params = params[unconvolved.stable(params)]
+    simulated both ways from the same parameters. `client`: a Dask client to run the
+    stability checks on (None: this process)."""
+    params, _ = draw_parameters(replace(config, n=config.n + max(4, config.n // 5)), client)
+    unconvolved = replace(config, resolution="none").calculator_json()
+    params = params[stable_on(client, unconvolved, params)]
     if len(params) < config.n:
         raise ValueError(
             f"model {config.model}: too few parameter sets stable with and without resolution"
@@ -88,13 +95,17 @@ def paired_parameters(config: SimulationConfig) -> np.ndarray:
     return params[: config.n]
 
 
-def cached_paired_parameters(path: Path, config: SimulationConfig) -> np.ndarray:
-    """`paired_parameters`, drawn once and kept in `path` (.npy) for reruns."""
+def cached_paired_parameters(
+    path: Path, config: SimulationConfig, scheduler: Callable[[], str] | None = None
+) -> np.ndarray:
+    """`paired_parameters`, drawn once (stability checked on the Dask workers of
+    `scheduler()`, or of a local cluster) and kept in `path` (.npy) for reruns."""
     from exp2sim.fileio import write_npy_atomic
 
     if path.exists():
         return np.load(path, allow_pickle=False)
-    params = paired_parameters(config)
+    with DaskClient(scheduler=scheduler() if scheduler else None) as dask:
+        params = paired_parameters(config, dask.get())
     write_npy_atomic(path, params)
     return params
 
@@ -128,7 +139,9 @@ def build_datasets(
                 simulate(config, folder / f"{stem}_{split}.h5", scheduler, None, progress)
             )
         test_config = _sim_config(cfg, model, "montecarlo", cfg.n_test, test_seed)
-        params = cached_paired_parameters(folder / f"{stem}_test_parameters.npy", test_config)
+        params = cached_paired_parameters(
+            folder / f"{stem}_test_parameters.npy", test_config, scheduler
+        )
         for split, resolution in (("test", "none"), ("test_convolved", "montecarlo")):
             config = _sim_config(cfg, model, resolution, cfg.n_test, test_seed)
             out[split].append(

@@ -229,7 +229,7 @@ def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) ->
         }
         test_config = config("montecarlo", int(v["n_test"]), 2)
         params = cached_paired_parameters(
-            folder / f"{stem}_volume_test_parameters.npy", test_config
+            folder / f"{stem}_volume_test_parameters.npy", test_config, cluster.address
         )
         test = {
             name: simulate(

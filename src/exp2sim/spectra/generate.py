@@ -108,31 +108,56 @@ def _calculator(config_json: str) -> Callable[[np.ndarray], np.ndarray]:
     return make_calculator(SimulationConfig(**json.loads(config_json)))
 
 
-def compute_chunk(calculator_json: str, params: np.ndarray) -> np.ndarray:
-    """Spectra for the rows of params, (m, *shape) float32; `calculator_json` is
-    `SimulationConfig.calculator_json()`."""
+def _worker_setup() -> None:
+    """A Dask worker computes on one thread (one worker per core)."""
     restore_adaptive_thresholds()
     try:
         import torch
 
-        torch.set_num_threads(1)  # one worker per core
+        torch.set_num_threads(1)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
+
+
+def compute_chunk(calculator_json: str, params: np.ndarray) -> np.ndarray:
+    """Spectra for the rows of params, (m, *shape) float32; `calculator_json` is
+    `SimulationConfig.calculator_json()`."""
+    _worker_setup()
     calc = _calculator(calculator_json)
     return np.stack([calc(p) for p in params]).astype(np.float32)
 
 
-def draw_parameters(config: SimulationConfig) -> tuple[np.ndarray, int]:
+def check_stable(calculator_json: str, params: np.ndarray) -> np.ndarray:
+    """(P,) True for the parameter sets (P, n_params) the calculator can compute."""
+    _worker_setup()
+    return _calculator(calculator_json).stable(params)
+
+
+def stable_on(client, calculator_json: str, params: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """`check_stable` for the rows of params: in this process when `client` is None, else
+    split over the Dask client's workers. The exact check solves the spin-wave problem at
+    every wave vector a spectrum needs, about the cost of an unconvolved spectrum per set,
+    so done here it would leave every worker but one idle while parameters are drawn."""
+    params = np.atleast_2d(params)
+    if client is None or len(params) < 2:
+        return _calculator(calculator_json).stable(params)
+    pieces = min(len(params), 2 * max(1, len(client.scheduler_info()["workers"])))
+    parts = np.array_split(params, pieces)
+    futures = client.map(check_stable, [calculator_json] * pieces, parts, pure=False)
+    return np.concatenate(client.gather(futures))
+
+
+def draw_parameters(config: SimulationConfig, client=None) -> tuple[np.ndarray, int]:  # noqa: ANN001
     """n stable parameter sets drawn uniformly from the model's ranges (narrowed by
     config.spread), and the number of unstable draws rejected on the way. Deterministic in
-    the seed."""
+    the seed, wherever the checks run (`client`: a Dask client, or None for this process)."""
     from exp2sim.spinwave import SpinWaveTheory, load_model
 
     model = load_model(config.model).around_best_fit(config.spread)
     if model.ranges is None:
         raise ValueError(f"model {model.name!r} has no parameter ranges to draw from")
     swt = SpinWaveTheory(model.system)
-    calculator = _calculator(config.calculator_json())
+    calculator_json = config.calculator_json()
     rng = np.random.default_rng(config.seed)
     candidates, stable = [], []
     while (found := sum(int(s.sum()) for s in stable)) < config.n:
@@ -147,7 +172,7 @@ def draw_parameters(config: SimulationConfig) -> tuple[np.ndarray, int]:
         while start < len(coarse) and found + int(ok.sum()) < config.n:
             need = config.n - found - int(ok.sum())
             part = coarse[start : start + max(8, need + need // 4 + 2)]
-            ok[part] = calculator.stable(block[part])
+            ok[part] = stable_on(client, calculator_json, block[part])
             start += len(part)
         stable.append(ok)
         if sum(len(c) for c in candidates) > 1000 * config.n:
@@ -169,6 +194,37 @@ def local_cluster(workers: int | None = None):  # noqa: ANN201 - a dask LocalClu
         processes=True,
         dashboard_address=":0",
     )
+
+
+class DaskClient:
+    """A Dask client started on first use: connected to `scheduler` (an address), or to a
+    local cluster of `workers` processes started here. A context manager; closes what it
+    started."""
+
+    def __init__(self, workers: int | None = None, scheduler: str | None = None) -> None:
+        self.workers, self.scheduler = workers, scheduler
+        self._client = self._cluster = None
+
+    def get(self):  # noqa: ANN201 - a dask.distributed Client
+        if self._client is None:
+            from dask.distributed import Client
+
+            if self.scheduler:
+                self._client = Client(self.scheduler)
+            else:
+                self._cluster = local_cluster(self.workers)
+                self._client = Client(self._cluster)
+        return self._client
+
+    def __enter__(self) -> DaskClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+        self._client = self._cluster = None
 
 
 # --------------------------------------------------------------------------- job
@@ -210,8 +266,9 @@ class Job:
     def _chunk_path(self, start: int) -> Path:
         return self.parts / f"chunk-{start:07d}.npz"
 
-    def prepare(self) -> np.ndarray:
-        """Create or check the parts folder; return the parameters of all spectra."""
+    def prepare(self, dask: DaskClient | None = None) -> np.ndarray:
+        """Create or check the parts folder; return the parameters of all spectra. New
+        parameters are checked for stability on `dask`'s workers (here if None)."""
         job = self.config.job_key()
         if self.parameters is not None:
             job["parameters"] = self.parameters.tolist()
@@ -231,12 +288,12 @@ class Job:
                 )
             with np.load(self.parts / "parameters.npz", allow_pickle=False) as f:
                 return f["parameters"]
+        client = dask.get() if dask is not None else None
         if self.parameters is None:
-            params, rejected = draw_parameters(self.config)
+            params, rejected = draw_parameters(self.config, client)
         else:
             params, rejected = self.parameters, 0
-            calculator = _calculator(self.calculator_json)
-            if not calculator.stable(params).all():
+            if not stable_on(client, self.calculator_json, params).all():
                 raise ValueError("some of the given parameter sets are unstable")
         with atomic_path(self.parts / "parameters.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, parameters=params, rejected=rejected)
@@ -270,23 +327,18 @@ class Job:
         progress: Callable[[int, int], None] | None = None,
     ) -> dict:
         """Compute the missing chunks on Dask and assemble the file. Returns a summary."""
-        params = self.prepare()
-        todo = [c for c in self.chunks if c[0] not in self.done()]
-        computed = sum(b - a for a, b in todo)
-        total, finished = self.config.n, self.config.n - computed
-        t0 = time.perf_counter()
-        if progress:
-            progress(finished, total)
-        if todo:
-            from dask.distributed import Client, as_completed
+        with DaskClient(workers, scheduler) as dask:
+            params = self.prepare(dask)
+            todo = [c for c in self.chunks if c[0] not in self.done()]
+            computed = sum(b - a for a, b in todo)
+            total, finished = self.config.n, self.config.n - computed
+            t0 = time.perf_counter()
+            if progress:
+                progress(finished, total)
+            if todo:
+                from dask.distributed import as_completed
 
-            if scheduler:
-                client = Client(scheduler)
-                cluster = None
-            else:
-                cluster = local_cluster(workers)
-                client = Client(cluster)
-            try:
+                client = dask.get()
                 futures = {
                     client.submit(compute_chunk, self.calculator_json, params[a:b], pure=False): a
                     for a, b in todo
@@ -298,10 +350,6 @@ class Job:
                     finished += len(signal)
                     if progress:
                         progress(finished, total)
-            finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
         seconds = time.perf_counter() - t0
         self.assemble(params)
         return {"n": total, "computed": computed, "seconds": seconds}
