@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -70,6 +72,23 @@ def test_changed_config_refuses_an_existing_report(tmp_path):
     check_config(EvaluationConfig(), tmp_path)  # the same: fine (resume)
     with pytest.raises(ValueError, match="differs in n_test"):
         check_config(EvaluationConfig(n_test=3), tmp_path)
+    # reports of earlier versions hold a field that never had an effect
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "gan_iterations": 0}))
+    check_config(EvaluationConfig(), tmp_path)
+
+
+def test_config_problems_are_found_before_any_work(tmp_path):
+    from exp2sim.evaluation.pipeline import check_config
+
+    # 4 x 2 convolved spectra, 1 held out: 7 for the applicability's 20-point samples
+    with pytest.raises(ValueError, match="applicability_points .20. exceeds the GAN's 7"):
+        check_config(EvaluationConfig(n_train_convolved=4), tmp_path)
+    with pytest.raises(ValueError, match="unknown training option.*ngff"):
+        check_config(EvaluationConfig(gan={"ngff": 3}), tmp_path)
+    with pytest.raises(ValueError, match="unknown classifier setting.*epoch"):
+        check_config(EvaluationConfig(classifier={"epoch": 3}), tmp_path)
+    assert not (tmp_path / "config.json").exists()
 
 
 # ------------------------------------------------------------------------------ outliers

@@ -36,8 +36,7 @@ class EvaluationConfig:
       range, centred on the model's best fit (1 = the full ranges of DESIGN.md; see
       `SpinModel.around_best_fit`). The out-of-distribution magnets always use full ranges.
     gan / classifier: overrides of the GAN's TrainConfig (after `gan_preset`) and of the
-    classifier's ClassifierConfig. gan_iterations: stop GAN training after this many
-    iterations (0: train for the configured epochs).
+    classifier's ClassifierConfig.
     n_outliers: spectra per out-of-distribution set (digits, photographs, artefacts,
     negative control, Rb2MnF4). applicability_repeats / _points: the Sinkhorn distance
     distribution (repeats of `points` random training examples).
@@ -56,7 +55,6 @@ class EvaluationConfig:
     workers: int = 0  # local Dask workers (0: one per core)
     gan_preset: str = "small"
     gan: dict = field(default_factory=dict)
-    gan_iterations: int = 0
     classifier: dict = field(default_factory=dict)
     rl_iterations: int = 30
     n_outliers: int = 10

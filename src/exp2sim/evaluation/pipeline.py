@@ -81,11 +81,34 @@ class Stages:
 
 
 # ------------------------------------------------------------------------------ stages
+# fields earlier versions wrote to config.json, ignored where they hold their default
+REMOVED_FIELDS = {"gan_iterations": 0}  # was never applied
+
+
 def check_config(cfg: EvaluationConfig, out: Path) -> None:
-    """Write config.json, or check that an existing report used the same configuration."""
+    """Check what can be checked before any work (the GAN's and the classifier's settings,
+    the sizes), then write config.json or check that an existing report used the same
+    configuration."""
+    from exp2sim.classifier import ClassifierConfig
+
+    gan = gan_config(cfg, cfg.gan)
+    if cfg.volume:
+        gan_config(cfg, {**cfg.gan, **cfg.volume.get("gan", {})})
+    ClassifierConfig.from_dict(cfg.classifier)
+    n_a = cfg.n_train_convolved * len(cfg.models)
+    n_gan_train = n_a - max(1, round(gan.val_fraction * n_a))
+    if cfg.applicability_points > n_gan_train:
+        raise ValueError(
+            f"applicability_points ({cfg.applicability_points}) exceeds the GAN's "
+            f"{n_gan_train} convolved training spectra (n_train_convolved x models, less the "
+            "held-out share): lower it or raise n_train_convolved"
+        )
     path = out / "config.json"
     if path.exists():
         saved, now = json.loads(path.read_text()), json.loads(json.dumps(cfg.to_dict()))
+        for name, default in REMOVED_FIELDS.items():  # reports of earlier versions
+            if saved.get(name, default) == default:
+                saved.pop(name, None)
         if saved != now:
             changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
             raise ValueError(
@@ -134,18 +157,25 @@ def train_gan(cfg: EvaluationConfig, data: dict[str, Labelled], out: Path, stage
     return train_gan_run(cfg, paths, out / "gan", cfg.gan, stages, "GAN")
 
 
+def gan_config(cfg: EvaluationConfig, gan: dict):  # noqa: ANN201 - a gan TrainConfig
+    """The GAN's training configuration: the preset, the evaluation's seed and device, then
+    the overrides `gan`."""
+    from exp2sim.gan.config import TrainConfig, load_preset
+
+    base = load_preset(cfg.gan_preset).replace(seed=cfg.seed, device=cfg.device)
+    return TrainConfig.from_dict({**base.to_dict(), **gan})
+
+
 def train_gan_run(
     cfg: EvaluationConfig, paths: dict[str, Path], run: Path, gan: dict, stages: Stages, label: str
 ) -> Path:
     """Train, resume or reuse the GAN run `run` on domains paths["a"], paths["b"]."""
-    from exp2sim.gan.config import load_preset
     from exp2sim.gan.train import CHECKPOINT, Trainer
 
     if (run / CHECKPOINT).exists():
         trainer = Trainer.resume(run)
     else:
-        config = load_preset(cfg.gan_preset).replace(seed=cfg.seed, device=cfg.device, **gan)
-        trainer = Trainer.new(config, paths["a"], paths["b"], run)
+        trainer = Trainer.new(gan_config(cfg, gan), paths["a"], paths["b"], run)
     per_epoch = trainer.iterations_per_epoch
     total = trainer.total_epochs * per_epoch
     with stages.bar(label) as update:
@@ -169,7 +199,7 @@ def train_classifier(
     if (folder / "config.json").exists():
         with contextlib.suppress(ValueError):
             return DUQClassifier.load(folder)
-    config = ClassifierConfig(**{"seed": cfg.seed, "device": cfg.device, **cfg.classifier})
+    config = ClassifierConfig.from_dict({"seed": cfg.seed, "device": cfg.device, **cfg.classifier})
     with stages.bar(label) as update:
         model = DUQClassifier(config).fit(
             train.signal,
