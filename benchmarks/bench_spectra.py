@@ -26,8 +26,15 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
+from exp2sim.spectra.dataset import read_dataset
 from exp2sim.spectra.factory import make_bins_and_mask, make_calculator
-from exp2sim.spectra.generate import DaskClient, Job, SimulationConfig, draw_parameters
+from exp2sim.spectra.generate import (
+    DaskClient,
+    Job,
+    SimulationConfig,
+    draw_parameters,
+    run_jobs,
+)
 from exp2sim.spinwave import load_model
 
 PAPER_UNCONVOLVED_S = 8 * 60
@@ -155,6 +162,43 @@ def scaling() -> None:
     same = "same" if np.array_equal(here, there) else "DIFFERENT"
     print(f"  in this process ({torch.get_num_threads()} torch threads): {local:.2f} s")
     print(f"  on 2 Dask workers: {spread:.2f} s ({local / spread:.2f}x; {same} parameters)")
+    evaluation_datasets()
+
+
+def evaluation_datasets(repeats: int = 2) -> None:
+    """The evaluation's dataset jobs (demo settings, a fifth of the spectra) on one
+    2-worker cluster: one job after another (`Job.run`) against all at once (`run_jobs`)."""
+    from exp2sim.evaluation.config import load_config
+    from exp2sim.evaluation.data import _sim_config
+
+    cfg = load_config("demo")
+    configs = [
+        _sim_config(cfg, model, resolution, n, seed)
+        for model in cfg.models
+        for resolution, n, seed in (("none", 20, 1), ("montecarlo", 8, 2), ("montecarlo", 8, 3))
+    ]
+    print(f"\nevaluation datasets, {len(configs)} jobs (2 models x 20 + 8 + 8 mosaics), 2 workers:")
+    times: dict[str, list[float]] = {"one by one": [], "at once": []}
+    signals = {}
+    with DaskClient(workers=2) as dask:
+        address = dask.get().scheduler.address
+        for _ in range(repeats):
+            for how in times:
+                with tempfile.TemporaryDirectory() as tmp:
+                    jobs = [Job(c, Path(tmp) / f"{i}.h5") for i, c in enumerate(configs)]
+                    t0 = time.perf_counter()
+                    if how == "at once":
+                        run_jobs(jobs, scheduler=address)
+                    else:
+                        for job in jobs:
+                            job.run(scheduler=address)
+                    times[how].append(time.perf_counter() - t0)
+                    signals[how] = read_dataset(jobs[-1].out).signal
+    for how, ts in times.items():
+        print(f"  {how}: {', '.join(f'{t:.1f}' for t in ts)} s")
+    same = np.array_equal(*signals.values(), equal_nan=True)
+    ratio = min(times["one by one"]) / min(times["at once"])
+    print(f"  best of each: {ratio:.2f}x ({'same' if same else 'DIFFERENT'} spectra)")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,26 @@ def test_file_layout_parameters_and_resume(tmp_path):
     np.testing.assert_array_equal(read_dataset(tmp_path / "part.h5").signal, data.signal)
 
 
+def test_jobs_run_together_give_what_they_give_alone(tmp_path):
+    from exp2sim.spectra.generate import run_jobs
+
+    configs = [SimulationConfig(n=5, **CUT), SimulationConfig(n=3, **dict(CUT, seed=8))]
+    alone = []
+    for i, config in enumerate(configs):
+        Job(config, tmp_path / f"alone{i}.h5").run(workers=1)
+        alone.append(read_dataset(tmp_path / f"alone{i}.h5").signal)
+    jobs = [Job(c, tmp_path / f"together{i}.h5") for i, c in enumerate(configs)]
+    params = jobs[0].prepare()  # the first job was interrupted after one chunk
+    jobs[0].save_chunk(2, compute_chunk(jobs[0].calculator_json, params[2:4]))
+    calls = []
+    summaries = run_jobs(jobs, workers=2, progress=[lambda d, t: calls.append((0, d, t)), None])
+    assert [s["computed"] for s in summaries] == [3, 3]
+    assert calls[0] == (0, 2, 5) and calls[-1] == (0, 5, 5)
+    for i, expected in enumerate(alone):
+        np.testing.assert_array_equal(read_dataset(tmp_path / f"together{i}.h5").signal, expected)
+        assert not (tmp_path / f"together{i}.h5.parts").exists()
+
+
 def test_unfinished_work_from_another_job_is_refused(tmp_path):
     Job(SimulationConfig(n=4, **CUT), tmp_path / "d.h5").prepare()
     other = dict(CUT, seed=4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from exp2sim.spectra.generate import (
     Job,
     SimulationConfig,
     draw_parameters,
+    run_jobs,
     stable_on,
 )
 
@@ -62,13 +64,33 @@ def simulate(
 ) -> np.ndarray:
     """The spectra (n, *S) of a dataset file, simulated first unless it is complete.
     `scheduler` returns a Dask scheduler address (a cluster started only when needed)."""
-    if not out.exists() or out.with_name(out.name + ".parts").exists():
-        job = Job(config, out, parameters=parameters)
-        label = f"{Path(config.model).stem} {config.resolution}"
-        job.run(
+    return simulate_all([(config, out, parameters)], scheduler, progress)[0]
+
+
+def simulate_all(
+    jobs: list[tuple[SimulationConfig, Path, np.ndarray | None]],
+    scheduler: Callable[[], str] | None = None,
+    progress: Progress | None = None,
+) -> list[np.ndarray]:
+    """`simulate` for several (config, file, parameters or None) at once: the unfinished
+    ones run together on one cluster (`exp2sim.spectra.generate.run_jobs`)."""
+    todo = [
+        Job(config, out, parameters=parameters)
+        for config, out, parameters in jobs
+        if not out.exists() or out.with_name(out.name + ".parts").exists()
+    ]
+    if todo:
+        run_jobs(
+            todo,
             scheduler=scheduler() if scheduler else None,
-            progress=(lambda done, total: progress(label, done, total)) if progress else None,
+            progress=[partial(progress, job.out.stem) if progress else None for job in todo],
         )
+    return [_read_simulated(config, out) for config, out, _ in jobs]
+
+
+def _read_simulated(config: SimulationConfig, out: Path) -> np.ndarray:
+    """A finished dataset's spectra (n, *S), NaN where masked, after checking that it was
+    simulated with `config`."""
     ds = read_dataset(out)
     want = json.loads(json.dumps(config.job_key()))
     have = {k: ds.config.get(k) for k in want}
@@ -123,28 +145,30 @@ def build_datasets(
     progress: Progress | None = None,
 ) -> dict[str, Labelled]:
     """Simulate (or reuse) the four datasets: train, train_convolved, test,
-    test_convolved (the last two paired row by row)."""
+    test_convolved (the last two paired row by row); every model's jobs at once."""
     folder.mkdir(parents=True, exist_ok=True)
     seeds = {"train": 10 * cfg.seed + 1, "train_convolved": 10 * cfg.seed + 2}
     test_seed = 10 * cfg.seed + 3
-    out: dict[str, list] = {k: [] for k in ("train", "train_convolved", "test", "test_convolved")}
+    splits = (
+        ("train", "none", cfg.n_train, seeds["train"]),
+        ("train_convolved", "montecarlo", cfg.n_train_convolved, seeds["train_convolved"]),
+        ("test", "none", cfg.n_test, test_seed),
+        ("test_convolved", "montecarlo", cfg.n_test, test_seed),
+    )
+    jobs = []
     for model in cfg.models:
         stem = Path(model).stem
-        for split, resolution, n in (
-            ("train", "none", cfg.n_train),
-            ("train_convolved", "montecarlo", cfg.n_train_convolved),
-        ):
-            config = _sim_config(cfg, model, resolution, n, seeds[split])
-            out[split].append(
-                simulate(config, folder / f"{stem}_{split}.h5", scheduler, None, progress)
-            )
         test_config = _sim_config(cfg, model, "montecarlo", cfg.n_test, test_seed)
-        params = cached_paired_parameters(
+        test_params = cached_paired_parameters(
             folder / f"{stem}_test_parameters.npy", test_config, scheduler
         )
-        for split, resolution in (("test", "none"), ("test_convolved", "montecarlo")):
-            config = _sim_config(cfg, model, resolution, cfg.n_test, test_seed)
-            out[split].append(
-                simulate(config, folder / f"{stem}_{split}.h5", scheduler, params, progress)
-            )
+        for split, resolution, n, seed in splits:
+            params = test_params if split.startswith("test") else None
+            config = _sim_config(cfg, model, resolution, n, seed)
+            jobs.append((config, folder / f"{stem}_{split}.h5", params))
+    signals = iter(simulate_all(jobs, scheduler, progress))
+    out: dict[str, list] = {split: [] for split, *_ in splits}
+    for _model in cfg.models:
+        for split, *_ in splits:
+            out[split].append(next(signals))
     return {split: _stack(parts, cfg.models) for split, parts in out.items()}

@@ -26,7 +26,13 @@ from rich.console import Console
 from exp2sim.cli_common import progress_bar
 from exp2sim.evaluation import outliers
 from exp2sim.evaluation.config import EvaluationConfig
-from exp2sim.evaluation.data import Labelled, build_datasets, cached_paired_parameters, simulate
+from exp2sim.evaluation.data import (
+    Labelled,
+    build_datasets,
+    cached_paired_parameters,
+    simulate,
+    simulate_all,
+)
 from exp2sim.fileio import write_npy_atomic, write_text_atomic
 from exp2sim.spectra.generate import SimulationConfig
 
@@ -126,17 +132,20 @@ def outlier_spectra(
     n, seed = cfg.n_outliers, 10 * cfg.seed + 5
     reference = data["train_convolved"].signal
 
-    def sim(model: str | Path, count: int, offset: int) -> np.ndarray:
+    def job(model: str | Path, count: int, offset: int) -> tuple:
         config = SimulationConfig(
             model=str(model), n=count, resolution="montecarlo", seed=seed + offset, n_mc=cfg.n_mc
         )
-        return simulate(config, folder / f"{Path(model).stem}_outliers.h5", cluster, None, progress)
+        return config, folder / f"{Path(model).stem}_outliers.h5", None
 
-    rb2mnf4 = sim("rb2mnf4", n, 0)
     per_magnet = max(2, -(-n // len(NEGATIVE_CONTROL_MAGNETS)))
-    sources = [rb2mnf4] + [
-        sim(m, per_magnet, i + 1) for i, m in enumerate(NEGATIVE_CONTROL_MAGNETS)
-    ]
+    sources = simulate_all(
+        [job("rb2mnf4", n, 0)]
+        + [job(m, per_magnet, i + 1) for i, m in enumerate(NEGATIVE_CONTROL_MAGNETS)],
+        cluster,
+        progress,
+    )
+    rb2mnf4 = sources[0]
     return {
         "artefacts": outliers.with_artefacts(data["test_convolved"].signal[:n], seed),
         "Rb2MnF4": rb2mnf4,

@@ -327,32 +327,7 @@ class Job:
         progress: Callable[[int, int], None] | None = None,
     ) -> dict:
         """Compute the missing chunks on Dask and assemble the file. Returns a summary."""
-        with DaskClient(workers, scheduler) as dask:
-            params = self.prepare(dask)
-            todo = [c for c in self.chunks if c[0] not in self.done()]
-            computed = sum(b - a for a, b in todo)
-            total, finished = self.config.n, self.config.n - computed
-            t0 = time.perf_counter()
-            if progress:
-                progress(finished, total)
-            if todo:
-                from dask.distributed import as_completed
-
-                client = dask.get()
-                futures = {
-                    client.submit(compute_chunk, self.calculator_json, params[a:b], pure=False): a
-                    for a, b in todo
-                }
-                for fut in as_completed(futures):
-                    start = futures[fut]
-                    signal = fut.result()
-                    self.save_chunk(start, signal)
-                    finished += len(signal)
-                    if progress:
-                        progress(finished, total)
-        seconds = time.perf_counter() - t0
-        self.assemble(params)
-        return {"n": total, "computed": computed, "seconds": seconds}
+        return run_jobs([self], workers, scheduler, [progress])[0]
 
     def assemble(self, params: np.ndarray) -> None:
         """Write OUT from the parts and remove them."""
@@ -379,3 +354,57 @@ class Job:
             axes,
         )
         shutil.rmtree(self.parts)
+
+
+def run_jobs(
+    jobs: list[Job],
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: list[Callable[[int, int], None] | None] | None = None,
+) -> list[dict]:
+    """Run several jobs on one Dask cluster at once; returns each job's summary.
+
+    Every job is prepared first (parameters drawn, checked on the workers), then the
+    missing chunks of all of them are submitted together, and each file is assembled as
+    soon as its last chunk is in. So no worker waits for one job's last few chunks while
+    another job has work, and the next job's parameter draws do not wait for the last
+    job's file. The spectra are those of running the jobs one by one. `progress`: one
+    callback (done, total) per job, or None.
+    """
+    from dask.distributed import as_completed
+
+    progress = progress or [None] * len(jobs)
+    summaries: list[dict] = [{} for _ in jobs]
+    with DaskClient(workers, scheduler) as dask:
+        params = [job.prepare(dask) for job in jobs]
+        remaining, finished, started = [], [], []
+        futures = {}
+        for i, job in enumerate(jobs):
+            todo = [c for c in job.chunks if c[0] not in job.done()]
+            computed = sum(b - a for a, b in todo)
+            summaries[i] = {"n": job.config.n, "computed": computed, "seconds": 0.0}
+            finished.append(job.config.n - computed)
+            remaining.append(len(todo))
+            started.append(time.perf_counter())
+            if progress[i]:
+                progress[i](finished[i], job.config.n)
+            for a, b in todo:
+                fut = dask.get().submit(
+                    compute_chunk, job.calculator_json, params[i][a:b], pure=False
+                )
+                futures[fut] = (i, a)
+        for i, job in enumerate(jobs):
+            if not remaining[i]:
+                job.assemble(params[i])
+        for fut in as_completed(futures):
+            i, start = futures[fut]
+            signal = fut.result()
+            jobs[i].save_chunk(start, signal)
+            finished[i] += len(signal)
+            remaining[i] -= 1
+            if progress[i]:
+                progress[i](finished[i], jobs[i].config.n)
+            if not remaining[i]:
+                summaries[i]["seconds"] = time.perf_counter() - started[i]
+                jobs[i].assemble(params[i])
+    return summaries
