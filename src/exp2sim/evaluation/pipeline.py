@@ -30,7 +30,6 @@ from exp2sim.evaluation.data import (
     Labelled,
     build_datasets,
     cached_paired_parameters,
-    simulate,
     simulate_all,
 )
 from exp2sim.fileio import write_npy_atomic, write_text_atomic
@@ -253,33 +252,28 @@ def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) ->
             shape=tuple(v["shape"]), chunk=2, spread=cfg.spread,
         )  # fmt: skip
 
+    test_config = config("montecarlo", int(v["n_test"]), 2)
+    params = cached_paired_parameters(
+        folder / f"{stem}_volume_test_parameters.npy", test_config, cluster.address
+    )
+    jobs = {
+        "b": (config("none", int(v["n_train"]), 0), folder / f"{stem}_volume_b.h5", None),
+        "a": (
+            config("montecarlo", int(v["n_train_convolved"]), 1),
+            folder / f"{stem}_volume_a.h5",
+            None,
+        ),
+    } | {
+        name: (replace(test_config, resolution=res), folder / f"{stem}_volume_test_{name}.h5",
+               params)
+        for name, res in (("unconvolved", "none"), ("convolved", "montecarlo"))
+    }  # fmt: skip
     with stages.bar("simulating volumes") as update:
-        train = {
-            name: simulate(
-                config(res, int(v[key]), i),
-                folder / f"{stem}_volume_{name}.h5",
-                cluster.address,
-                None,
-                update,
-            )  # fmt: skip
-            for i, (name, res, key) in enumerate(
-                (("b", "none", "n_train"), ("a", "montecarlo", "n_train_convolved"))
-            )
-        }
-        test_config = config("montecarlo", int(v["n_test"]), 2)
-        params = cached_paired_parameters(
-            folder / f"{stem}_volume_test_parameters.npy", test_config, cluster.address
+        volumes = dict(
+            zip(jobs, simulate_all(list(jobs.values()), cluster.address, update), strict=True)
         )
-        test = {
-            name: simulate(
-                replace(test_config, resolution=res),
-                folder / f"{stem}_volume_test_{name}.h5",
-                cluster.address,
-                params,
-                update,
-            )  # fmt: skip
-            for name, res in (("unconvolved", "none"), ("convolved", "montecarlo"))
-        }
+    train = {k: volumes[k] for k in ("b", "a")}
+    test = {k: volumes[k] for k in ("unconvolved", "convolved")}
     cluster.close()
     paths = {}
     for domain, spectra in train.items():
