@@ -258,3 +258,29 @@ def test_a_reused_dataset_must_match_the_settings(tmp_path):
     other = SimulationConfig(model="goodenough", n=2, kind="cut", seed=5, chunk=2)
     with pytest.raises(ValueError, match=r"other settings \(seed\)"):
         simulate(other, tmp_path / "c.h5")
+
+
+def test_ctrl_c_keeps_the_work_and_says_how_to_resume(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    toml = tmp_path / "small.toml"
+    toml.write_text('preset = "demo"\nn_train = 20\nn_train_convolved = 12\nn_test = 8\n')
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "exp2sim", "evaluate", "--config", str(toml), "--out", str(out)]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not any((out / "data").glob("*.parts/chunk-*.npz")):  # some spectra finished
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the command and its workers
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"interrupted: finished work is kept in {out}" in " ".join(err.split())
+    assert "Traceback" not in err
+    assert any((out / "data").glob("*.parts/chunk-*.npz"))

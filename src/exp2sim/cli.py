@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from exp2sim import __version__
-from exp2sim.cli_common import console, err_console, progress_bar, user_errors
+from exp2sim.cli_common import console, err_console, progress_bar, resumable, user_errors
 
 if TYPE_CHECKING:  # the physics imports torch: load it only when a command needs it
     from exp2sim.spinwave.lswt import SpinWaveResult
@@ -220,7 +220,7 @@ def demo(
     baselines, measures applicability, and writes OUT/report.md, OUT/metrics.json, figures
     and the trained models. Run it again to reuse finished stages.
     """
-    with user_errors():
+    with user_errors(), resumable(out):
         from exp2sim.demo import run_demo
 
         run_demo(out, err_console, config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -34,6 +35,17 @@ def user_errors() -> Iterator[None]:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
+
+
+@contextlib.contextmanager
+def resumable(out: Path) -> Iterator[None]:
+    """Ctrl-C ends a long job with one line saying that its work is kept (exit status 130,
+    the shell's for SIGINT)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        note(f"interrupted: finished work is kept in {out}; run the same command to resume")
+        raise typer.Exit(code=130) from None
 
 
 def progress_bar(label: str, field: str, show: bool = True) -> Progress:

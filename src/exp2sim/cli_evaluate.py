@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from exp2sim.cli_common import console, err_console, user_errors
+from exp2sim.cli_common import console, err_console, resumable, user_errors
 
 
 def evaluate(
@@ -25,7 +25,7 @@ def evaluate(
     Interrupted? Run the same command again: finished stages are reused, dataset
     generation and GAN training resume.
     """
-    with user_errors():
+    with user_errors(), resumable(out):
         from exp2sim.evaluation.config import load_config
         from exp2sim.evaluation.pipeline import run_evaluation
 

@@ -16,6 +16,8 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,12 +190,20 @@ def local_cluster(workers: int | None = None):  # noqa: ANN201 - a dask LocalClu
     per core), dashboard on any free port (several jobs may run at once)."""
     from dask.distributed import LocalCluster
 
-    return LocalCluster(
-        n_workers=workers or os.cpu_count() or 1,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",
-    )
+    # The worker processes inherit an ignored SIGINT: Ctrl-C in a terminal signals the whole
+    # process group, and this process, not each worker with a traceback, ends the job.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        return LocalCluster(
+            n_workers=workers or os.cpu_count() or 1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+        )
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 class DaskClient:
