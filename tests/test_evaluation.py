@@ -268,7 +268,10 @@ def test_ctrl_c_keeps_the_work_and_says_how_to_resume(tmp_path):
     import time
 
     toml = tmp_path / "small.toml"
-    toml.write_text('preset = "demo"\nn_train = 20\nn_train_convolved = 12\nn_test = 8\n')
+    toml.write_text(
+        'preset = "demo"\nn_train = 8\nn_train_convolved = 4\nn_test = 2\n'
+        "applicability_points = 4\n"
+    )
     out = tmp_path / "report"
     cmd = [sys.executable, "-m", "exp2sim", "evaluate", "--config", str(toml), "--out", str(out)]
     proc = subprocess.Popen(
