@@ -121,13 +121,16 @@ def cached_paired_parameters(
     path: Path, config: SimulationConfig, scheduler: Callable[[], str] | None = None
 ) -> np.ndarray:
     """`paired_parameters`, drawn once (stability checked on the Dask workers of
-    `scheduler()`, or of a local cluster) and kept in `path` (.npy) for reruns."""
+    `scheduler()`, or here without one) and kept in `path` (.npy) for reruns."""
     from exp2sim.fileio import write_npy_atomic
 
     if path.exists():
         return np.load(path, allow_pickle=False)
-    with DaskClient(scheduler=scheduler() if scheduler else None) as dask:
-        params = paired_parameters(config, dask.get())
+    if scheduler is None:
+        params = paired_parameters(config)
+    else:
+        with DaskClient(scheduler=scheduler()) as dask:
+            params = paired_parameters(config, dask.get())
     write_npy_atomic(path, params)
     return params
 

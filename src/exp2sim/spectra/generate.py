@@ -202,7 +202,7 @@ def local_cluster(workers: int | None = None):  # noqa: ANN201 - a dask LocalClu
             dashboard_address=":0",
         )
     finally:
-        if main:
+        if main and previous is not None:  # None: a handler not installed from Python
             signal.signal(signal.SIGINT, previous)
 
 
@@ -387,7 +387,8 @@ def run_jobs(
     summaries: list[dict] = [{} for _ in jobs]
     with DaskClient(workers, scheduler) as dask:
         params = [job.prepare(dask) for job in jobs]
-        remaining, finished, started = [], [], []
+        t0 = time.perf_counter()
+        remaining, finished = [], []
         futures = {}
         for i, job in enumerate(jobs):
             todo = [c for c in job.chunks if c[0] not in job.done()]
@@ -395,7 +396,6 @@ def run_jobs(
             summaries[i] = {"n": job.config.n, "computed": computed, "seconds": 0.0}
             finished.append(job.config.n - computed)
             remaining.append(len(todo))
-            started.append(time.perf_counter())
             if progress[i]:
                 progress[i](finished[i], job.config.n)
             for a, b in todo:
@@ -408,13 +408,13 @@ def run_jobs(
                 job.assemble(params[i])
         for fut in as_completed(futures):
             i, start = futures[fut]
-            signal = fut.result()
-            jobs[i].save_chunk(start, signal)
-            finished[i] += len(signal)
+            spectra = fut.result()
+            jobs[i].save_chunk(start, spectra)
+            finished[i] += len(spectra)
             remaining[i] -= 1
             if progress[i]:
                 progress[i](finished[i], jobs[i].config.n)
             if not remaining[i]:
-                summaries[i]["seconds"] = time.perf_counter() - started[i]
+                summaries[i]["seconds"] = time.perf_counter() - t0
                 jobs[i].assemble(params[i])
     return summaries
