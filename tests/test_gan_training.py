@@ -114,6 +114,24 @@ def test_tiled_translation_matches_whole_translation(blur_run):
     assert rel(tiled[ok], whole[ok]) < 0.05
 
 
+def test_translation_keeps_the_input_units(blur_run):
+    """Measured spectra come in any units: translating a * x must give a * (translation of
+    x). The trained generator alone does not (instance norm forgets the input's scale);
+    matching each spectrum to the training level does."""
+    x = blur(sharp_spectra(4, (128,), seed=5, width=1.0, lines=4), SIGMA)
+    x[:, 60:70] = np.nan
+    ok = ~np.isnan(x)
+    for direction in ("exp2sim", "sim2exp"):
+        matched = Translator.from_run(blur_run / "run", direction)
+        as_given = Translator.from_run(blur_run / "run", direction, match_intensity=False)
+        y = matched(x)
+        # measured with the fp32 run: 5e-4 (a = 0.01): a scaled input rounds differently
+        for a in (0.01, 7.0):
+            assert rel(matched(a * x)[ok], a * y[ok]) < 0.02  # float round-off only
+            assert rel(as_given(a * x)[ok], a * as_given(x)[ok]) > 0.1
+        np.testing.assert_array_equal(np.isnan(y), ~ok)
+
+
 def test_resume_continues_exactly(tmp_path):
     """Stop after 3 iterations, resume: the next losses equal an uninterrupted run's, across
     an epoch boundary (evaluation, checkpoint, learning-rate change)."""

@@ -156,6 +156,14 @@ def translate(
     max_voxels: Annotated[
         int, typer.Option(help="Larger spectra are translated in overlapping tiles of this size.")
     ] = 2**21,
+    match_intensity: Annotated[
+        bool,
+        typer.Option(
+            help="Scale each spectrum to the training data's intensity level before "
+            "translating and back after, so the result keeps the input's units (counts, "
+            "per monitor, ...); --no-match-intensity translates the values as given."
+        ),
+    ] = True,
 ) -> None:
     """Translate spectra with one generator of a trained run; shape and mask are kept."""
     with user_errors():
@@ -166,7 +174,14 @@ def translate(
         to_hdf5 = out.suffix in HDF5_SUFFIXES
         if not (out.suffix == ".npy" or (to_hdf5 and input.suffix in HDF5_SUFFIXES)):
             raise ValueError(f"{out}: write .npy, or .h5 when the input is an HDF5 file")
-        translator = Translator.from_run(run, direction, checkpoint, device, max_voxels=max_voxels)
+        translator = Translator.from_run(
+            run,
+            direction,
+            checkpoint,
+            device,
+            max_voxels=max_voxels,
+            match_intensity=match_intensity,
+        )
         file = read_spectra_file(input)
         if to_hdf5 and file.source == "mantid-mdhisto":
             raise ValueError(f"{out}: write .npy for a Mantid input (its layout is not NXdata)")

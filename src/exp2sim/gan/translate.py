@@ -5,6 +5,17 @@
 
 The translator loads only the generator it needs, normalises the input with the source
 domain's scale, translates, and maps the result back with the target domain's scale.
+
+Intensity units. The generators do not know an input's absolute scale (instance norm
+removes it), so they give every input the brightness of a typical training spectrum: on
+the demo's GAN, a test spectrum divided by 10 came out with 6.7 times the intensity it
+went in with, multiplied by 10 with 0.09 times (the right units: 0.75). Measured spectra
+come in counts, per monitor or per vanadium, never in the simulation's units. So by
+default (`match_intensity`) each spectrum is first scaled to the source domain's level q
+(the same statistic the run fitted q with, on this spectrum alone), translated, and scaled
+back: the result is in the input's units, and translating a * x gives a * (translation of
+x) for any a > 0. On the demo's test spectra, already in the training units, this changed
+the paired PSNR by +0.1 dB (deconvolution) and +0.3 dB (convolution).
 Spectra bigger than `max_voxels` are cut into overlapping tiles whose translations are
 blended with raised-cosine weights, so memory stays bounded whatever the input size.
 
@@ -74,6 +85,9 @@ class Translator:
         device: torch.device | None = None,
         max_voxels: int = 2**21,
         overlap: float = 0.5,
+        match_intensity: bool = True,
+        statistic: str = "percentile",
+        percentile: float = 99.0,
     ) -> None:
         self.device = device or torch.device("cpu")
         if self.device.type == "cpu":
@@ -82,6 +96,12 @@ class Translator:
         self.dim = generator.dim
         self.source, self.target = source, target
         self.precision, self.max_voxels, self.overlap = precision, max_voxels, overlap
+        # scale each spectrum to the source level q by this statistic (IntensityScale.fit)
+        self.match_intensity, self.statistic, self.percentile = (
+            match_intensity,
+            statistic,
+            percentile,
+        )
         # bin centres of the source domain's training spectra (None: pixel axes or unknown)
         self.axes: dict[str, np.ndarray] | None = None
 
@@ -121,6 +141,8 @@ class Translator:
             ) from None
         data = info["data"]
         kwargs.setdefault("precision", config.precision)
+        kwargs.setdefault("statistic", config.intensity_scale)
+        kwargs.setdefault("percentile", config.percentile)
         translator = cls(
             generator,
             IntensityScale(**data[src]),
@@ -134,8 +156,8 @@ class Translator:
 
     def __call__(self, spectra: np.ndarray) -> np.ndarray:
         """Translate one spectrum (*S) or a stack (n, *S) with dim(S) = the run's dimension.
-        NaN pixels stay NaN; the result has the input's shape, in the target domain's
-        intensity units."""
+        NaN pixels stay NaN; the result has the input's shape, in the input's intensity
+        units with `match_intensity` (default), else in the target domain's."""
         spectra = np.asarray(spectra, dtype=np.float32)
         if spectra.ndim == self.dim:
             return self(spectra[None])[0]
@@ -147,10 +169,20 @@ class Translator:
             raise ValueError("input contains infinite values (use NaN for masked pixels)")
         out = np.empty_like(spectra)
         for i, s in enumerate(spectra):
-            z = np.nan_to_num(self.source.transform(s), nan=0.0)
-            y = self.target.inverse(self._translate(z))
+            factor = self.level_factor(s)
+            z = np.nan_to_num(self.source.transform(s * factor), nan=0.0)
+            y = self.target.inverse(self._translate(z)) / factor
             out[i] = np.where(np.isnan(s), np.nan, y)
         return out
+
+    def level_factor(self, spectrum: np.ndarray) -> float:
+        """The factor that brings one spectrum (*S, NaN = masked) to the source domain's
+        intensity level q: q / (this spectrum's own q); 1 without `match_intensity` or for
+        a spectrum with no non-zero value."""
+        if not self.match_intensity or not np.any(np.nan_to_num(spectrum) != 0):
+            return 1.0
+        own = IntensityScale.fit(spectrum, self.percentile, statistic=self.statistic)
+        return self.source.q / own.q
 
     def tile_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """Tile sides for a spectrum of `shape`: the whole spectrum if it has at most
