@@ -329,3 +329,19 @@ def test_changed_weights_are_detected_and_recalibrated(tiny_run, tmp_path):
     reloaded = ApplicabilityDomain.load(path, run=run)  # now it matches
     x = sharp_spectra(2, SHAPE, seed=9, width=1.0)
     assert np.array_equal(reloaded.assess_spectra(x).distances, second.assess_spectra(x).distances)
+
+
+def test_inputs_in_other_units_are_judged_as_in_training_units(tiny_run):
+    """Measured spectra come in counts or per monitor: like `translate`, the measure brings
+    each input to the training intensity level first, so units do not change the verdict.
+    Without that, the distances of the same spectra 300 times brighter differ."""
+    run = tiny_run / "run"
+    domain = ApplicabilityDomain.for_run(run, "exp2sim", repeats=200)
+    x = blur(sharp_spectra(6, SHAPE, seed=7, width=1.0), 1.5)
+    x[:, 10:14] = np.nan
+    same = domain.assess_spectra(x).distances
+    for a in (1e-3, 300.0):
+        np.testing.assert_allclose(domain.assess_spectra(a * x).distances, same, rtol=1e-3)
+    domain.extractor.match = None  # as given, in the wrong units
+    as_given = domain.assess_spectra(300.0 * x).distances
+    assert np.abs(as_given - same).max() > 0.05 * same.mean()

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 VERDICTS = ("trustworthy", "expert opinion", "untrustworthy")
 FORMAT = "exp2sim-applicability"
-VERSION = 1
+VERSION = 2  # 2: inputs and training features matched to the training intensity level
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,7 @@ class ApplicabilityDomain:
                 f"applicability calibration (calibrated: {_describe(self.checkpoint)}; now: "
                 f"{_describe(identity)}); recalibrate (ApplicabilityDomain.for_run)"
             )
-        self.extractor = FeatureExtractor(translator.generator, translator.source, self.settings)
+        self.extractor = _extractor(translator, self.settings)
 
     @staticmethod
     def path_for(run: str | Path, direction: str) -> Path:
@@ -337,9 +337,7 @@ class ApplicabilityDomain:
             reason = _stale(path, identity, wanted)
             if reason is None:
                 saved = cls.load(path)
-                saved.extractor = FeatureExtractor(
-                    translator.generator, translator.source, saved.settings
-                )
+                saved.extractor = _extractor(translator, saved.settings)
                 say(f"using the applicability calibration in {path}")
                 return saved
         if train is None:
@@ -357,8 +355,13 @@ class ApplicabilityDomain:
                 f"have shapes {np.shape(train_z)} and {np.shape(heldout_z)}"
             )
         settings = FeatureSettings.for_shape(shape)
-        extractor = FeatureExtractor(translator.generator, translator.source, settings)
-        embed = extractor.normalised if train is None else extractor
+        extractor = _extractor(translator, settings)
+        if train is None:  # the run's split is normalised: back to intensities, then matched
+
+            def embed(z: np.ndarray) -> np.ndarray:
+                return extractor(translator.source.inverse(z))
+        else:
+            embed = extractor
         domain = cls.calibrate(
             embed(train_z),
             embed(heldout_z),
@@ -379,6 +382,14 @@ class ApplicabilityDomain:
             f"{len(heldout_z)} held-out spectra, thresholds {t1:.3g} / {t2:.3g}; saved {path}"
         )
         return domain
+
+
+def _extractor(translator: Translator, settings: FeatureSettings) -> FeatureExtractor:
+    """The feature extractor of a loaded generator; spectra are brought to the training
+    intensity level as `translate` does."""
+    return FeatureExtractor(
+        translator.generator, translator.source, settings, match=translator.match
+    )
 
 
 def _stale(path: Path, identity: dict, wanted: dict) -> str | None:

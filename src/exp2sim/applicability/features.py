@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from exp2sim.gan.networks import ResnetGenerator, encoder_layer_names
-from exp2sim.gan.normalisation import IntensityScale
+from exp2sim.gan.normalisation import IntensityScale, LevelMatch
 
 MAX_DIM = 512
 _POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
@@ -110,6 +110,7 @@ class FeatureExtractor:
         scale: IntensityScale | None,
         settings: FeatureSettings,
         max_voxels: int = 2**21,
+        match: LevelMatch | None = None,
     ) -> None:
         if len(settings.grid) != generator.dim:
             raise ValueError(
@@ -118,6 +119,7 @@ class FeatureExtractor:
             )
         self.generator = generator.eval()
         self.scale, self.settings, self.max_voxels = scale, settings, max_voxels
+        self.match = match  # each spectrum brought to the training level first (translate's)
         self.dim = generator.dim
         self.layer = encoder_layer_names(generator.n_blocks)[-1]
         channels = generator.layer_channels([self.layer])[0]
@@ -137,11 +139,14 @@ class FeatureExtractor:
         return sum(self.blocks)
 
     def __call__(self, spectra: np.ndarray) -> np.ndarray:
-        """Spectra (n, *S) in the source domain's intensity units (NaN = masked) ->
-        features (n, D) float32."""
+        """Spectra (n, *S) in the source domain's intensity units, or in any units with
+        `match` (NaN = masked) -> features (n, D) float32."""
         spectra = self._checked(spectra)
         if self.scale is None:
             raise ValueError("this feature extractor has no intensity scale: pass normalised")
+        if self.match is not None:
+            factors = self.match.factors(spectra)
+            spectra = spectra * factors.reshape(-1, *[1] * self.dim).astype(np.float32)
         return self.normalised(self.scale.transform(spectra))
 
     def normalised(self, z: np.ndarray) -> np.ndarray:

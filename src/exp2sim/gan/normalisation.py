@@ -78,3 +78,30 @@ class IntensityScale:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class LevelMatch:
+    """Bring spectra in any units to a domain's intensity level q: each spectrum is
+    multiplied by q / (its own q, by the statistic the domain's q was fitted with).
+
+    A generator does not know an input's absolute scale (instance norm removes it), so
+    matching lets spectra in counts, per monitor or per vanadium be translated and judged
+    like the training spectra, and makes the result scale with the input."""
+
+    q: float
+    statistic: str = "percentile"
+    percentile: float = 99.0
+
+    def factors(self, spectra: np.ndarray) -> np.ndarray:
+        """Factors (n,) for spectra (n, *S) (NaN = masked); 1 for a spectrum without a
+        non-zero value."""
+        out = np.ones(len(spectra))
+        for i, s in enumerate(spectra):
+            if np.any(np.nan_to_num(s) != 0):
+                own = IntensityScale.fit(s, self.percentile, statistic=self.statistic)
+                out[i] = self.q / own.q
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -43,7 +43,7 @@ from exp2sim.gan.checkpoint import load_state, read_info
 from exp2sim.gan.config import TrainConfig
 from exp2sim.gan.model import run_generator
 from exp2sim.gan.networks import ResnetGenerator
-from exp2sim.gan.normalisation import IntensityScale
+from exp2sim.gan.normalisation import IntensityScale, LevelMatch
 from exp2sim.gan.train import BEST, CHECKPOINT, pick_device
 
 _InstanceNorm = torch.nn.modules.instancenorm._InstanceNorm
@@ -96,12 +96,7 @@ class Translator:
         self.dim = generator.dim
         self.source, self.target = source, target
         self.precision, self.max_voxels, self.overlap = precision, max_voxels, overlap
-        # scale each spectrum to the source level q by this statistic (IntensityScale.fit)
-        self.match_intensity, self.statistic, self.percentile = (
-            match_intensity,
-            statistic,
-            percentile,
-        )
+        self.match = LevelMatch(source.q, statistic, percentile) if match_intensity else None
         # bin centres of the source domain's training spectra (None: pixel axes or unknown)
         self.axes: dict[str, np.ndarray] | None = None
 
@@ -168,21 +163,12 @@ class Translator:
         if np.isinf(spectra).any():
             raise ValueError("input contains infinite values (use NaN for masked pixels)")
         out = np.empty_like(spectra)
-        for i, s in enumerate(spectra):
-            factor = self.level_factor(s)
+        factors = np.ones(len(spectra)) if self.match is None else self.match.factors(spectra)
+        for i, (s, factor) in enumerate(zip(spectra, factors, strict=True)):
             z = np.nan_to_num(self.source.transform(s * factor), nan=0.0)
             y = self.target.inverse(self._translate(z)) / factor
             out[i] = np.where(np.isnan(s), np.nan, y)
         return out
-
-    def level_factor(self, spectrum: np.ndarray) -> float:
-        """The factor that brings one spectrum (*S, NaN = masked) to the source domain's
-        intensity level q: q / (this spectrum's own q); 1 without `match_intensity` or for
-        a spectrum with no non-zero value."""
-        if not self.match_intensity or not np.any(np.nan_to_num(spectrum) != 0):
-            return 1.0
-        own = IntensityScale.fit(spectrum, self.percentile, statistic=self.statistic)
-        return self.source.q / own.q
 
     def tile_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """Tile sides for a spectrum of `shape`: the whole spectrum if it has at most
