@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exp2sim.gan.normalisation import IntensityScale
+from exp2sim.gan.normalisation import IntensityScale, LevelMatch
 from exp2sim.readers import SpectraFile, read_spectra_file
 
 
@@ -32,11 +32,14 @@ def load_domain(path: str | Path) -> SpectraFile:
 
 @dataclass
 class Domain:
-    """One domain's spectra, normalised (NaN = masked): training (n, *S) and held-out."""
+    """One domain's spectra, normalised (NaN = masked): training (n, *S) and held-out;
+    `level`: the median of the training spectra's own intensity levels (IntensityScale.fit
+    of each spectrum alone, its q), the level `translate` brings new inputs to."""
 
     train: np.ndarray
     val: np.ndarray
     scale: IntensityScale
+    level: float
 
     @classmethod
     def from_spectra(
@@ -48,9 +51,10 @@ class Domain:
         percentile: float = 99.0,
         compression: float = 10.0,
         statistic: str = "percentile",
+        level: float | None = None,
     ) -> Domain:
         """Hold out round(val_fraction * n) spectra (at least 1, if n > 1) chosen by `seed`;
-        fit the intensity scale on the training part unless one is given."""
+        fit the intensity scale and the typical level on the training part unless given."""
         n = len(spectra)
         n_val = 0 if n == 1 else max(1, round(val_fraction * n))
         order = np.random.default_rng(seed).permutation(n)
@@ -59,7 +63,11 @@ class Domain:
             val = train
         if scale is None:
             scale = IntensityScale.fit(train, percentile, compression, statistic)
-        return cls(scale.transform(train), scale.transform(val), scale)
+        if level is None:
+            match = LevelMatch(1.0, statistic, percentile)
+            nonzero = [s for s in train if np.any(np.nan_to_num(s) != 0)]
+            level = float(np.median(1.0 / match.factors(np.array(nonzero)))) if nonzero else 1.0
+        return cls(scale.transform(train), scale.transform(val), scale, level)
 
 
 def crop_shape(crop: int, *shapes: tuple[int, ...]) -> tuple[int, ...]:

@@ -82,8 +82,10 @@ class IntensityScale:
 
 @dataclass(frozen=True)
 class LevelMatch:
-    """Bring spectra in any units to a domain's intensity level q: each spectrum is
-    multiplied by q / (its own q, by the statistic the domain's q was fitted with).
+    """Bring spectra in any units to a domain's intensity level: each spectrum is multiplied
+    by q / (its own q, by the statistic the domain's scale was fitted with), q being the
+    median of the training spectra's own q (`Domain.level`; one spectrum's 99th percentile
+    is higher than a whole set's, so the set's q would make inputs brighter than typical).
 
     A generator does not know an input's absolute scale (instance norm removes it), so
     matching lets spectra in counts, per monitor or per vanadium be translated and judged

@@ -79,6 +79,8 @@ class RunData:
             "shape_b": list(self.b.train.shape[1:]),
             "scale_a": self.a.scale.to_dict(),
             "scale_b": self.b.scale.to_dict(),
+            "level_a": self.a.level,
+            "level_b": self.b.level,
         }
         for key, axes in (("axes_a", self.axes_a), ("axes_b", self.axes_b)):
             if axes is not None:  # inputs to translate are checked against them
@@ -102,10 +104,15 @@ def prepare_data(
         "compression": config.compression,
         "statistic": config.intensity_scale,
     }
-    scale_a = IntensityScale(**saved["scale_a"]) if saved else None
-    scale_b = IntensityScale(**saved["scale_b"]) if saved else None
-    a = Domain.from_spectra(spectra_a, config.val_fraction, config.seed, scale_a, **kw)
-    b = Domain.from_spectra(spectra_b, config.val_fraction, config.seed + 1, scale_b, **kw)
+    saved = saved or {}
+
+    def domain(spectra: np.ndarray, side: str, seed: int) -> Domain:
+        scale = IntensityScale(**saved[f"scale_{side}"]) if f"scale_{side}" in saved else None
+        # runs started before the typical levels were kept have none saved: fit them
+        level = saved.get(f"level_{side}")
+        return Domain.from_spectra(spectra, config.val_fraction, seed, scale, level=level, **kw)
+
+    a, b = domain(spectra_a, "a", config.seed), domain(spectra_b, "b", config.seed + 1)
     crop = crop_shape(config.crop, a.train.shape[1:], b.train.shape[1:])
     if min(crop) < config.min_crop():
         raise ValueError(
@@ -173,7 +180,8 @@ class Trainer:
         data = prepare_data(
             config, info["sources"]["domain_a"], info["sources"]["domain_b"], info["data"]
         )
-        if data.info() != info["data"]:
+        now = data.info()  # (runs started before the typical levels were kept lack them)
+        if {k: now.get(k) for k in info["data"]} != info["data"]:
             raise ValueError(f"{out}: the training data have changed since the run started")
         trainer = cls(config, data, out, info["sources"])
         trainer.load_checkpoint(out / CHECKPOINT)

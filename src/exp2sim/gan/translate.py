@@ -88,6 +88,7 @@ class Translator:
         match_intensity: bool = True,
         statistic: str = "percentile",
         percentile: float = 99.0,
+        level: float | None = None,
     ) -> None:
         self.device = device or torch.device("cpu")
         if self.device.type == "cpu":
@@ -96,7 +97,12 @@ class Translator:
         self.dim = generator.dim
         self.source, self.target = source, target
         self.precision, self.max_voxels, self.overlap = precision, max_voxels, overlap
-        self.match = LevelMatch(source.q, statistic, percentile) if match_intensity else None
+        # inputs are brought to `level`, a typical training spectrum's own q (default: q)
+        self.match = (
+            LevelMatch(source.q if level is None else level, statistic, percentile)
+            if match_intensity
+            else None
+        )
         # bin centres of the source domain's training spectra (None: pixel axes or unknown)
         self.axes: dict[str, np.ndarray] | None = None
 
@@ -138,6 +144,8 @@ class Translator:
         kwargs.setdefault("precision", config.precision)
         kwargs.setdefault("statistic", config.intensity_scale)
         kwargs.setdefault("percentile", config.percentile)
+        # runs trained before the typical level was kept: the domain's q stands in for it
+        kwargs.setdefault("level", data.get(f"level_{src[-1]}"))
         translator = cls(
             generator,
             IntensityScale(**data[src]),
