@@ -20,6 +20,7 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Groups for `--dist loadgroup` (pyproject.toml): a file's tests run in one worker, so
     that its module-scoped fixtures are built once, except the GAN learning runs, whose
