@@ -64,9 +64,8 @@ class Domain:
         if scale is None:
             scale = IntensityScale.fit(train, percentile, compression, statistic)
         if level is None:
-            match = LevelMatch(1.0, statistic, percentile)
-            nonzero = [s for s in train if np.any(np.nan_to_num(s) != 0)]
-            level = float(np.median(1.0 / match.factors(np.array(nonzero)))) if nonzero else 1.0
+            levels = LevelMatch(scale.q, statistic, percentile).levels(train)
+            level = float(np.nanmedian(levels)) if np.isfinite(levels).any() else scale.q
         return cls(scale.transform(train), scale.transform(val), scale, level)
 
 

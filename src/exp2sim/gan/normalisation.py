@@ -95,15 +95,19 @@ class LevelMatch:
     statistic: str = "percentile"
     percentile: float = 99.0
 
-    def factors(self, spectra: np.ndarray) -> np.ndarray:
-        """Factors (n,) for spectra (n, *S) (NaN = masked); 1 for a spectrum without a
-        non-zero value."""
-        out = np.ones(len(spectra))
+    def levels(self, spectra: np.ndarray) -> np.ndarray:
+        """Each spectrum's own q (n,) for spectra (n, *S) (NaN = masked); NaN for a
+        spectrum without a non-zero value."""
+        out = np.full(len(spectra), np.nan)
         for i, s in enumerate(spectra):
             if np.any(np.nan_to_num(s) != 0):
-                own = IntensityScale.fit(s, self.percentile, statistic=self.statistic)
-                out[i] = self.q / own.q
+                out[i] = IntensityScale.fit(s, self.percentile, statistic=self.statistic).q
         return out
+
+    def factors(self, spectra: np.ndarray) -> np.ndarray:
+        """Factors q / (own q) (n,) for spectra (n, *S); 1 for a spectrum without a
+        non-zero value."""
+        return np.nan_to_num(self.q / self.levels(spectra), nan=1.0)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -87,10 +87,7 @@ class Translator:
         device: torch.device | None = None,
         max_voxels: int = 2**21,
         overlap: float = 0.5,
-        match_intensity: bool = True,
-        statistic: str = "percentile",
-        percentile: float = 99.0,
-        level: float | None = None,
+        match: LevelMatch | None = None,
     ) -> None:
         self.device = device or torch.device("cpu")
         if self.device.type == "cpu":
@@ -99,12 +96,7 @@ class Translator:
         self.dim = generator.dim
         self.source, self.target = source, target
         self.precision, self.max_voxels, self.overlap = precision, max_voxels, overlap
-        # inputs are brought to `level`, a typical training spectrum's own q (default: q)
-        self.match = (
-            LevelMatch(source.q if level is None else level, statistic, percentile)
-            if match_intensity
-            else None
-        )
+        self.match = match  # each input brought to a typical training spectrum's level
         # bin centres of the source domain's training spectra (None: pixel axes or unknown)
         self.axes: dict[str, np.ndarray] | None = None
 
@@ -115,11 +107,13 @@ class Translator:
         direction: str,
         checkpoint: str = "best",
         device: str = "auto",
+        match_intensity: bool = True,
         **kwargs: object,
     ) -> Translator:
         """The `direction` (exp2sim or sim2exp) generator of a run directory, from its best
         epoch (`checkpoint="best"`, the latest if no evaluation has happened yet) or the
-        latest checkpoint (`"latest"`)."""
+        latest checkpoint (`"latest"`). `match_intensity`: bring each input to a typical
+        training spectrum's level and the result back (module docstring)."""
         if direction not in DIRECTIONS:
             raise ValueError(f"unknown direction {direction!r}: use exp2sim or sim2exp")
         if checkpoint not in ("best", "latest"):
@@ -144,13 +138,15 @@ class Translator:
             ) from None
         data = info["data"]
         kwargs.setdefault("precision", config.precision)
-        kwargs.setdefault("statistic", config.intensity_scale)
-        kwargs.setdefault("percentile", config.percentile)
-        # runs trained before the typical level was kept: the domain's q stands in for it
-        kwargs.setdefault("level", data.get(f"level_{src[-1]}"))
+
+        source = IntensityScale(**data[src])
+        if match_intensity:
+            # runs trained before the typical level was kept: the domain's q stands in
+            level = data.get(f"level_{src[-1]}", source.q)
+            kwargs["match"] = LevelMatch(level, config.intensity_scale, config.percentile)
         translator = cls(
             generator,
-            IntensityScale(**data[src]),
+            source,
             IntensityScale(**data[tgt]),
             device=pick_device(device),
             **kwargs,

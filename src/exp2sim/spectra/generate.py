@@ -396,7 +396,8 @@ def run_jobs(
         remaining, finished = [], []
         futures = {}
         for i, job in enumerate(jobs):
-            todo = [c for c in job.chunks if c[0] not in job.done()]
+            done = job.done()  # reads every chunk file: once per job, not per chunk
+            todo = [c for c in job.chunks if c[0] not in done]
             computed = sum(b - a for a, b in todo)
             summaries[i] = {"n": job.config.n, "computed": computed, "seconds": 0.0}
             finished.append(job.config.n - computed)
