@@ -183,8 +183,10 @@ def test_features_in_every_dimension(shape):
     scale = IntensityScale.fit(x)
     f = encoder_features(g, scale, x, settings)
     extractor = FeatureExtractor(g, scale, settings)
-    # content block: 2 x 16 channels; layout: 16 channels x cells, projected to 16
-    assert extractor.blocks == (16, 16) and f.shape == (3, 32) and f.dtype == np.float32
+    # texture blocks: 8 (down1), 16 (down2), 16 (last block) channels, the two longer ones
+    # projected to 32 / 4 = 8; layout: 16 channels x cells, projected to 8
+    assert extractor.texture_layers == ["down1", "down2", "block2"]
+    assert extractor.blocks == (8, 8, 8, 8) and f.shape == (3, 32) and f.dtype == np.float32
     assert np.isfinite(f).all()
     # the same numbers one by one, from normalised input, and with masked pixels as zeros
     one = np.concatenate([encoder_features(g, scale, x[i : i + 1], settings) for i in range(3)])
@@ -195,22 +197,24 @@ def test_features_in_every_dimension(shape):
         encoder_features(g, scale, x[0], settings)
 
 
-def test_layout_block_sees_where_features_are_and_content_block_what():
-    """A line moved along the spectrum: the layout features change, the content ones hardly
-    (convolutions are translation-equivariant)."""
+def test_layout_block_sees_where_features_are_and_texture_blocks_what():
+    """A line moved along the spectrum: the layout features change, the texture ones hardly
+    (convolutions are translation-equivariant); a wider line changes the texture."""
     torch.manual_seed(1)
     g = ResnetGenerator(1, ngf=4, n_blocks=2)
-    x = np.zeros((2, 128), np.float32)
+    x = np.zeros((3, 128), np.float32)
     x[0, 30:34] = x[1, 90:94] = 1.0
+    x[2, 28:36] = 1.0
     extractor = FeatureExtractor(g, None, FeatureSettings((8,), dim=512))
     f = extractor.normalised(x)
-    n = extractor.blocks[0]
-    content, layout = f[:, :n], f[:, n:]
+    n = sum(extractor.blocks[:3])
+    texture, layout = f[:, :n], f[:, n:]
 
-    def rel(a):
-        return np.linalg.norm(a[0] - a[1]) / np.linalg.norm(a[0])
+    def rel(a, i=1):
+        return np.linalg.norm(a[0] - a[i]) / np.linalg.norm(a[0])
 
-    assert rel(content) < 0.01 and rel(layout) > 0.2
+    assert rel(texture) < 0.01 and rel(layout) > 0.2
+    assert rel(texture, 2) > 0.1
 
 
 def test_grid_follows_the_aspect_ratio():

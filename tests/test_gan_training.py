@@ -148,6 +148,34 @@ def test_translation_keeps_the_input_units(blur_run):
         np.testing.assert_array_equal(np.isnan(y), ~ok)
 
 
+def test_applicability_calls_non_spectra_untrustworthy(blur_run):
+    """The evaluation's outliers in 1D: spectra with one blurred line instead of four (of
+    the trained kind but sparser, as Rb2MnF4 is on the PCSMO mosaic), smooth random fields
+    and white noise (not spectra at all, like photographs) must all be untrustworthy, and
+    held-out in-distribution spectra trustworthy on average. Measured on the three runs
+    (paper / intensity / bf16), untrustworthy out of 10: 10 / 10 / 10 single lines, 9 / 10 /
+    10 fields, 10 / 10 / 10 noise. With version 2's features (the last block's channel
+    means and deviations): 6 / 5 / 9, 0 / 2 / 2 and 4 / 7 / 10."""
+    from scipy.ndimage import gaussian_filter1d
+
+    from exp2sim.applicability import ApplicabilityDomain
+
+    domain = ApplicabilityDomain.for_run(blur_run / "run", "exp2sim", repeats=200)
+    rng = np.random.default_rng(0)
+    fields = np.abs(gaussian_filter1d(rng.normal(size=(10, 128)), 8, axis=1))
+    sets = {
+        "in": blur(sharp_spectra(10, (128,), seed=11, width=1.0, lines=4), SIGMA),
+        "sparse": blur(sharp_spectra(10, (128,), seed=13, width=1.0, lines=1), SIGMA),
+        "fields": fields.astype(np.float32),
+        "noise": rng.random((10, 128)).astype(np.float32),
+    }
+    result = {k: domain.assess_spectra(v) for k, v in sets.items()}
+    means = {k: round(float(r.means.mean()), 2) for k, r in result.items()}
+    assert means["in"] < domain.thresholds[0], means
+    for name in ("sparse", "fields", "noise"):
+        assert list(result[name].verdicts).count("untrustworthy") >= 8, (name, means)
+
+
 def test_resume_continues_exactly(tmp_path):
     """Stop after 3 iterations, resume: the next losses equal an uninterrupted run's, across
     an epoch boundary (evaluation, checkpoint, learning-rate change)."""

@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 
 VERDICTS = ("trustworthy", "expert opinion", "untrustworthy")
 FORMAT = "exp2sim-applicability"
-VERSION = 2  # 2: inputs and training features matched to the training intensity level
+VERSION = 3  # 2: inputs and training features matched to the training intensity level;
+# 3: texture blocks at three encoder depths in place of the last block's means and deviations
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,10 @@ class ApplicabilityDomain:
         if info.get("format") != FORMAT:
             raise ValueError(f"{path}: not an exp2sim applicability file")
         if info.get("version") != VERSION:
-            raise ValueError(f"{path}: applicability file version {info.get('version')}")
+            raise ValueError(
+                f"{path}: applicability file version {info.get('version')}, this exp2sim "
+                f"reads version {VERSION}: recalibrate (exp2sim applicability does so)"
+            )
         settings = info["settings"]
         domain = cls(
             bank=state["bank"].numpy(),

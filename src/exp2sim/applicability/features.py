@@ -1,26 +1,44 @@
 """Feature vectors of spectra for the applicability measure, from the generator's encoder.
 
-Each spectrum (n, *S) is normalised with the source domain's intensity scale (masked pixels
-set to 0, as the generator sees them when translating) and passed through the encoder; its
-output h (the last residual block: C = 4 ngf channels at 1/4 resolution) gives two blocks:
+Each spectrum (n, *S) is brought to the training intensity level (`LevelMatch`, as
+`translate` does), normalised with the source domain's intensity scale (masked pixels set
+to 0, as the generator sees them when translating) and passed through the encoder. Four
+blocks of numbers are taken from three depths of it:
 
-- content: each channel's mean and standard deviation over the whole spectrum (2C numbers):
-  which features occur and how strongly they vary, wherever they are (the statistics FID
-  and style-transfer features use);
-- layout: each channel's mean over a coarse grid of cells (`FeatureSettings.grid`, about 64
-  cells in the spectrum's aspect ratio: 6 x 10 for the 240 x 400 MAPS mosaic, one cell per
-  40 x 40 tile): where in the spectrum the features appear (C * cells numbers).
+- texture (three blocks): each channel's standard deviation over the whole spectrum at the
+  first downsampling convolution (`down1`, 2 ngf channels, half resolution), the second
+  (`down2`, 4 ngf, quarter resolution) and the last residual block (4 ngf): which local
+  structures occur and how strongly, wherever they are (the statistics style transfer
+  compares). The two convolutions are taken before their instance norm, which would set
+  every standard deviation to 1.
+- layout: each channel's mean over a coarse grid of cells at the last residual block
+  (`FeatureSettings.grid`, about 64 cells in the spectrum's aspect ratio: 6 x 10 for the
+  240 x 400 MAPS mosaic, one cell per 40 x 40 tile): where in the spectrum the features
+  appear (C * cells numbers).
 
-Each block is reduced to D/2 numbers by a fixed Gaussian random projection (entries
-N(0, 1/(D/2)), drawn from `FeatureSettings.seed`; a block no longer than D/2 is kept as it
+Each block is reduced to D/4 numbers by a fixed Gaussian random projection (entries
+N(0, 1/(D/4)), drawn from `FeatureSettings.seed`; a block no longer than D/4 is kept as it
 is). By the Johnson-Lindenstrauss lemma such a projection keeps distances between feature
-vectors within a few per cent without being fitted to any data, so directions the training
-set never explores (those of out-of-distribution inputs) survive it, which a PCA fitted on
-the training set would not guarantee. Why two blocks: with the layout alone, where lines
-happen to sit dominates the spread of the training set and hides inputs of another kind
-(noise, sharp unblurred lines, blank spectra scored as in-distribution on a trained 1D
-test run); the content block separates those by factors of 3 to 60 (sinkhorn.py scales
-each block by its own training spread, so both count equally).
+vectors within a few tens of per cent without being fitted to any data, so directions the
+training set never explores (those of out-of-distribution inputs) survive it, which a PCA
+fitted on the training set would not guarantee. sinkhorn.py scales each block by its own
+training spread, so all four count equally.
+
+Why these blocks. With the layout alone, where lines happen to sit dominates the spread of
+the training set and hides inputs of another kind (noise, sharp unblurred lines, blank
+spectra scored as in-distribution on a trained 1D test run). Until version 3 of the
+calibration files the other block held each channel's mean and standard deviation at the
+last residual block. The channel means say mostly how much of the spectrum is lit, so
+spectra of other magnets with few, low-energy branches (Rb2MnF4, mostly empty on the MAPS
+mosaic) scored 2-3 times farther than photographs, which light every pixel (demo GAN:
+Rb2MnF4 21, photographs 7.1, digits 9.4). The generator translates patch by patch, so what
+decides whether it can be trusted is whether the input's local structures are like those
+it was trained on: texture statistics at several depths put photographs and digits
+farthest (same GAN and inputs: artefacts 3.4, negative control 11.0, Rb2MnF4 19.8,
+photographs 24.6, digits 31.2; the same order on two other GANs trained on those data).
+On the 1D blur runs of the tests, smooth random fields and noise went from 0-2 and 4-10
+of 10 untrustworthy to 9-10 of 10; single blurred lines scored about as far as the fields
+on one of the three runs (5.0 and 4.9) and closer on the others.
 
 Same code for 1D, 2D and 3D spectra; no autograd; batched.
 """
@@ -46,7 +64,7 @@ class FeatureSettings:
     """How encoder outputs become feature vectors.
 
     grid: layout cells along each spatial axis of the encoder output.
-    dim: the most numbers D per feature vector (at most 512; D/2 per block).
+    dim: the most numbers D per feature vector (at most 512; D/4 per block).
     seed: seed of the projection matrices.
     """
 
@@ -91,18 +109,21 @@ def random_projection(n_in: int, dim: int, seed: int) -> torch.Tensor | None:
     return torch.randn(n_in, dim, generator=g) / math.sqrt(dim)
 
 
-def pooled_blocks(h: torch.Tensor, grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoder output h (B, C, *S') -> content (B, 2C): per-channel mean and standard
-    deviation over all positions; layout (B, C * prod(grid)): per-channel cell means."""
-    flat = h.flatten(2)
-    content = torch.cat([flat.mean(-1), flat.std(-1, unbiased=False)], dim=1)
-    layout = _POOL[h.dim() - 2](h, grid).flatten(1)
-    return content, layout
+def texture_block(h: torch.Tensor) -> torch.Tensor:
+    """Encoder output h (B, C, *S') -> (B, C): each channel's standard deviation over all
+    positions."""
+    return h.flatten(2).std(-1, unbiased=False)
+
+
+def layout_block(h: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """Encoder output h (B, C, *S') -> (B, C * prod(grid)): each channel's cell means."""
+    return _POOL[h.dim() - 2](h, grid).flatten(1)
 
 
 class FeatureExtractor:
-    """Feature vectors (n, D) of spectra from one generator's encoder: the content block
-    (first `blocks[0]` numbers), then the layout block (`blocks[1]`)."""
+    """Feature vectors (n, D) of spectra from one generator's encoder: the texture blocks
+    of `texture_layers`, then the layout block of the last one; `blocks` gives their
+    lengths."""
 
     def __init__(
         self,
@@ -121,16 +142,17 @@ class FeatureExtractor:
         self.scale, self.settings, self.max_voxels = scale, settings, max_voxels
         self.match = match  # each spectrum brought to the training level first (translate's)
         self.dim = generator.dim
-        self.layer = encoder_layer_names(generator.n_blocks)[-1]
-        channels = generator.layer_channels([self.layer])[0]
-        half = max(1, settings.dim // 2)
-        raw = (2 * channels, channels * math.prod(settings.grid))
+        last = encoder_layer_names(generator.n_blocks)[-1]
+        self.texture_layers = ["down1", "down2", last]
+        channels = generator.layer_channels(self.texture_layers)
+        raw = (*channels, channels[-1] * math.prod(settings.grid))
+        per_block = max(1, settings.dim // len(raw))
         # one projection per block, from seeds derived from the settings' seed
         self.projections = [
-            random_projection(n, half, settings.seed * 2 + i) for i, n in enumerate(raw)
+            random_projection(n, per_block, settings.seed * len(raw) + i) for i, n in enumerate(raw)
         ]
         self.blocks = tuple(
-            n if p is None else half for n, p in zip(raw, self.projections, strict=True)
+            n if p is None else per_block for n, p in zip(raw, self.projections, strict=True)
         )
 
     @property
@@ -158,8 +180,9 @@ class FeatureExtractor:
         with torch.inference_mode():
             for start in range(0, len(z), batch):
                 x = torch.from_numpy(np.ascontiguousarray(z[start : start + batch]))
-                _, (h,) = self.generator(x[:, None].to(device), [self.layer], encode_only=True)
-                parts = pooled_blocks(h.float(), self.settings.grid)
+                _, hs = self.generator(x[:, None].to(device), self.texture_layers, encode_only=True)
+                hs = [h.float() for h in hs]
+                parts = [texture_block(h) for h in hs] + [layout_block(hs[-1], self.settings.grid)]
                 rows = [
                     part.cpu() if projection is None else part.cpu() @ projection
                     for part, projection in zip(parts, self.projections, strict=True)
