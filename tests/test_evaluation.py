@@ -274,9 +274,11 @@ def test_ctrl_c_keeps_the_work_and_says_how_to_resume(tmp_path):
     )
     out = tmp_path / "report"
     cmd = [sys.executable, "-m", "exp2sim", "evaluate", "--config", str(toml), "--out", str(out)]
-    # Under xdist the test process had SIGINT ignored in 3 of 4 full runs this session (cause
-    # not found; no test changed it while it ran). A child inherits an ignored SIGINT and
-    # Python then never raises KeyboardInterrupt, so the child starts as from a terminal.
+    # A shell without job control starts background commands (`pytest &`) with SIGINT
+    # ignored (POSIX), and pytest, its xdist workers and their children inherit that: Python
+    # then never raises KeyboardInterrupt (`bash -c 'python -c "import signal;
+    # print(signal.getsignal(signal.SIGINT))" &'` prints 1, SIG_IGN). The child starts with
+    # SIGINT as from a terminal, however the tests were started.
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,

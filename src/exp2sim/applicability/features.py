@@ -6,8 +6,8 @@ to 0, as the generator sees them when translating) and passed through the encode
 blocks of numbers are taken from three depths of it:
 
 - texture (three blocks): each channel's standard deviation over the whole spectrum at the
-  first downsampling convolution (`down1`, 2 ngf channels, half resolution), the second
-  (`down2`, 4 ngf, quarter resolution) and the last residual block (4 ngf): which local
+  first downsampling convolution (`down1`, 2 ngf channels, full resolution), the second
+  (`down2`, 4 ngf, half resolution) and the last residual block (4 ngf, quarter): which local
   structures occur and how strongly, wherever they are (the statistics style transfer
   compares). The two convolutions are taken before their instance norm, which would set
   every standard deviation to 1.
@@ -130,7 +130,7 @@ class FeatureExtractor:
         generator: ResnetGenerator,
         scale: IntensityScale | None,
         settings: FeatureSettings,
-        max_voxels: int = 2**21,
+        max_voxels: int = 2**20,
         match: LevelMatch | None = None,
     ) -> None:
         if len(settings.grid) != generator.dim:
