@@ -46,6 +46,28 @@ def test_presets_make_valid_gan_and_classifier_configs(name):
         load_preset(cfg.gan_preset).replace(**{**cfg.gan, **cfg.volume["gan"]})
 
 
+def test_paper_smoke_config_runs_the_paper_networks_on_a_few_spectra():
+    """examples/evaluation/paper-smoke.toml must exercise what `paper` trains and simulates
+    (same networks, crops, resolution sampling, 3D volume), only on fewer spectra and steps."""
+    from pathlib import Path
+
+    from exp2sim.evaluation.pipeline import gan_config
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "evaluation" / "paper-smoke.toml"
+    smoke, paper = load_config(path), load_config("paper")
+
+    def gans(cfg):  # the 2D GAN's and the 3D example's training configurations
+        return gan_config(cfg, cfg.gan), gan_config(cfg, {**cfg.gan, **cfg.volume["gan"]})
+
+    for a, b in zip(gans(smoke), gans(paper), strict=True):
+        assert a.architecture() == b.architecture() and a.crop == b.crop
+        steps = [(c.epochs + c.epochs_decay) * c.iterations_per_epoch for c in (a, b)]
+        assert 0 < steps[0] < steps[1] / 1000
+    assert (smoke.n_mc, smoke.spread, smoke.models) == (paper.n_mc, paper.spread, paper.models)
+    assert smoke.volume["shape"] == paper.volume["shape"]
+    assert smoke.n_train < paper.n_train / 100 and smoke.n_test < paper.n_test / 100
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
