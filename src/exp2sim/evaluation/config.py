@@ -86,13 +86,14 @@ class EvaluationConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # A 2-core CPU, no GPU: everything in 7-11 minutes. A narrower, shallower GAN
-    # with a higher learning rate than the paper's, 1,500 iterations, and two additions of
-    # exp2sim's (not in the paper): intensity scales from the mean intensity and the
-    # intensity loss (weight 5; gan/config.py). Trials on one demo run's data, 40 + 40
-    # paired test spectra, that run's two classifiers (accuracies on GAN-deconvolved /
-    # GAN-convolved spectra; paired PSNRs and SSIMs of deconvolution / convolution; share of
-    # the input's intensity kept; the untranslated inputs: 29.4 / 25.4 dB, 0.870 / 0.844):
+    # A 2-core CPU, no GPU: everything in 6-10 minutes (demo14-demo25: 6 min 25 s to
+    # 9 min 42 s). A narrower, shallower GAN with a higher learning rate than the paper's,
+    # 1,500 iterations, and two additions of exp2sim's (not in the paper): intensity scales
+    # from the mean intensity and the intensity loss (weight 5; gan/config.py). Trials on
+    # one demo run's data, 40 + 40 paired test spectra, that run's two classifiers
+    # (accuracies on GAN-deconvolved / GAN-convolved spectra; paired PSNRs and SSIMs of
+    # deconvolution / convolution; share of the input's intensity kept; the untranslated
+    # inputs: 29.4 / 25.4 dB, 0.870 / 0.844):
     #   the paper's losses and normalisation:  93.8 / 90.0 %, 24.3 / 24.9 dB, 0.64 / 0.76, 40 / 68 %
     #   intensity loss 5 only:                 90.0 / 92.5 %, 25.7 / 25.3 dB, 0.75 / 0.77, 81 / 62 %
     #   mean scales only:                      96.3 / 90.0 %, 25.2 / 25.4 dB, 0.72 / 0.77, 94 / 77 %
