@@ -30,8 +30,8 @@ spectra scored as in-distribution on a trained 1D test run). Until version 3 of 
 calibration files the other block held each channel's mean and standard deviation at the
 last residual block. The channel means say mostly how much of the spectrum is lit, so
 spectra of other magnets with few, low-energy branches (Rb2MnF4, mostly empty on the MAPS
-mosaic) scored 2-3 times farther than photographs, which light every pixel (demo GAN:
-Rb2MnF4 21, photographs 7.1, digits 9.4). The generator translates patch by patch, so what
+mosaic) scored 2-3 times farther than photographs, which light every pixel (demo23:
+Rb2MnF4 22.8, negative control 12.0, photographs 7.7, digits 10.5). The generator translates patch by patch, so what
 decides whether it can be trusted is whether the input's local structures are like those
 it was trained on: texture statistics at several depths put photographs and digits
 farthest (same GAN and inputs: artefacts 3.4, negative control 11.0, Rb2MnF4 19.8,
