@@ -244,6 +244,9 @@ def test_config_rejects_bad_values_and_reads_toml(tmp_path):
         TrainConfig(n_blocks=3, nce_layers=("block5",))
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp8")
+    for decay in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="ema_decay"):
+            TrainConfig(ema_decay=decay)
     (tmp_path / "c.toml").write_text('preset = "paper"\nepochs = 3\n')
     config = load_preset(str(tmp_path / "c.toml"))
     assert (config.ngf, config.n_blocks, config.epochs) == (64, 9, 3)

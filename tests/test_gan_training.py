@@ -202,6 +202,54 @@ def test_resume_continues_exactly(tmp_path):
     assert json.loads((tmp_path / "r" / "history.json").read_text()) == full_hist
 
 
+def test_averaged_generators_follow_the_moving_average_and_resume_exactly(tmp_path):
+    """ema_decay: after every update w_avg <- d w_avg + (1 - d) w; evaluation, best.safetensors
+    and translations use w_avg, training goes on with w; an interrupted run resumes to the
+    same averages and the same best weights."""
+    np.save(tmp_path / "a.npy", blur(sharp_spectra(8, (24, 24), seed=0), 1.5))
+    np.save(tmp_path / "b.npy", sharp_spectra(8, (24, 24), seed=1))
+    config = TrainConfig(
+        **TINY, epochs=1, epochs_decay=1, iterations_per_epoch=3, seed=2, ema_decay=0.6
+    )
+    paths = (tmp_path / "a.npy", tmp_path / "b.npy")
+    trainer = Trainer.new(config, *paths, tmp_path / "steps")
+    expected = {k: v.clone() for k, v in trainer.ema.items()}
+    for _ in range(3):
+        trainer.step()
+        latest = trainer._generator_state()
+        expected = {k: 0.6 * expected[k] + 0.4 * latest[k] for k in expected}
+    for k, v in expected.items():
+        torch.testing.assert_close(trainer.ema[k], v, rtol=1e-5, atol=1e-6)
+    latest = {k: v.clone() for k, v in trainer._generator_state().items()}
+    name = "G_A.stem_conv.1.weight"
+    assert not torch.allclose(latest[name], trainer.ema[name])
+    with trainer.averaged_generators():
+        torch.testing.assert_close(trainer._generator_state()[name], trainer.ema[name])
+    torch.testing.assert_close(trainer._generator_state()[name], latest[name], rtol=0, atol=0)
+
+    Trainer.new(config, *paths, tmp_path / "full").fit()
+    Trainer.new(config, *paths, tmp_path / "r").fit(max_iterations=4)
+    Trainer.resume(tmp_path / "r").fit()
+    for file in (CHECKPOINT, "best.safetensors"):
+        full, _ = load_state(tmp_path / "full" / file)
+        resumed, _ = load_state(tmp_path / "r" / file)
+        for part in full:
+            if part in ("model", "ema"):
+                for k in full[part]:
+                    torch.testing.assert_close(resumed[part][k], full[part][k], rtol=0, atol=0)
+    ckpt, _ = load_state(tmp_path / "full" / CHECKPOINT)
+    best, info = load_state(tmp_path / "full" / "best.safetensors")
+    assert info["epoch"] in (1, 2)
+    if info["epoch"] == 2:  # the last epoch's best weights are the final averages
+        torch.testing.assert_close(best["model"][name], ckpt["ema"][name], rtol=0, atol=0)
+    assert not torch.allclose(ckpt["ema"][name], ckpt["model"][name])
+    # the latest checkpoint translates with the averaged weights too
+    latest_translator = Translator.from_run(tmp_path / "full", "exp2sim", checkpoint="latest")
+    torch.testing.assert_close(
+        latest_translator.generator.stem_conv[1].weight, ckpt["ema"][name], rtol=0, atol=0
+    )
+
+
 def test_checkpoint_of_another_configuration_is_refused(tmp_path):
     np.save(tmp_path / "a.npy", sharp_spectra(4, (24, 24), seed=0))
     small = TrainConfig(**TINY, epochs=1, epochs_decay=0, iterations_per_epoch=1)

@@ -30,15 +30,16 @@ spectra scored as in-distribution on a trained 1D test run). Until version 3 of 
 calibration files the other block held each channel's mean and standard deviation at the
 last residual block. The channel means say mostly how much of the spectrum is lit, so
 spectra of other magnets with few, low-energy branches (Rb2MnF4, mostly empty on the MAPS
-mosaic) scored 2-3 times farther than photographs, which light every pixel (demo23:
-Rb2MnF4 22.8, negative control 12.0, photographs 7.7, digits 10.5). The generator translates patch by patch, so what
-decides whether it can be trusted is whether the input's local structures are like those
-it was trained on: texture statistics at several depths put photographs and digits
-farthest (same GAN and inputs: artefacts 3.4, negative control 11.0, Rb2MnF4 19.8,
-photographs 24.6, digits 31.2; the same order on two other GANs trained on those data).
-On the 1D blur runs of the tests, smooth random fields and noise went from 0-2 and 4-10
-of 10 untrustworthy to 9-10 of 10; single blurred lines scored about as far as the fields
-on one of the three runs (5.0 and 4.9) and closer on the others.
+mosaic) scored 2-3 times farther than photographs, which light every pixel (demo23: Rb2MnF4
+22.8, negative control 12.0, photographs 7.7, digits 10.5). The generator translates patch
+by patch, so what decides whether it can be trusted is whether the input's local structures
+are like those it was trained on: texture statistics at several depths put photographs and
+digits farthest (same GAN and inputs: artefacts 3.4, negative control 11.0, Rb2MnF4 19.8,
+photographs 24.6, digits 31.2; of seven other GANs trained on those data with other seeds,
+six kept that order, and in one photographs came just before Rb2MnF4, 19.9 and 20.9). On
+the 1D blur runs of the tests, smooth random fields and noise went from 0-2 and 4-10 of 10
+untrustworthy to 9-10 of 10; single blurred lines scored about as far as the fields on one
+of the three runs (5.0 and 4.9) and closer on the others.
 
 Same code for 1D, 2D and 3D spectra; no autograd; batched.
 """

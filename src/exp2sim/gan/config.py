@@ -34,6 +34,10 @@ class TrainConfig:
     # the intensity smoothed by a Gaussian of `intensity_sigma` pixels (see DCLGAN)
     lambda_intensity: float = 0.0
     intensity_sigma: float = 4.0
+    # not in the paper: evaluate, select and translate with an exponential moving average
+    # of the generators' weights, w_avg <- ema_decay * w_avg + (1 - ema_decay) * w after
+    # every update (0: off, the latest weights; 0.995 averages over about 200 iterations)
+    ema_decay: float = 0.0
     # optimisation: Adam, constant lr for `epochs`, then linear decay to 0 over `epochs_decay`
     lr: float = 1e-4
     beta1: float = 0.5
@@ -84,6 +88,8 @@ class TrainConfig:
             )
         if self.crop < self.min_crop():
             raise ValueError(f"crop must be at least {self.min_crop()} pixels")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must lie between 0 and 1")
 

@@ -16,10 +16,11 @@ over the ranks; rank 0 writes the files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,10 @@ class Trainer:
         self.history: list[dict] = []
         self.running: dict[str, float] = {}
         self.best: dict | None = None
+        # the generators' averaged weights (config.ema_decay > 0), keyed like the model's
+        self.ema: dict[str, torch.Tensor] | None = None
+        if config.ema_decay > 0:
+            self.ema = {k: v.detach().clone() for k, v in self._generator_state().items()}
 
     # ---- construction -----------------------------------------------------------------
     @classmethod
@@ -195,6 +200,30 @@ class Trainer:
             "world_size": self.world,
         }
 
+    # ---- averaged generators -------------------------------------------------------------
+    def _generator_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.model.state_dict().items() if k.startswith("G_")}
+
+    def _update_ema(self) -> None:
+        with torch.no_grad():
+            state = self._generator_state()
+            for name, avg in self.ema.items():
+                avg.lerp_(state[name], 1.0 - self.config.ema_decay)
+
+    @contextlib.contextmanager
+    def averaged_generators(self) -> Iterator[None]:
+        """Inside the block the model's generators hold the averaged weights (when
+        `ema_decay` > 0); the latest weights are put back after it."""
+        if self.ema is None:
+            yield
+            return
+        latest = {k: v.clone() for k, v in self._generator_state().items()}
+        self.model.load_state_dict(self.ema, strict=False)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(latest, strict=False)
+
     # ---- checkpoints ------------------------------------------------------------------
     def _rng_states(self) -> list[torch.Tensor]:
         state = self.generator.get_state()
@@ -215,6 +244,8 @@ class Trainer:
             "optim_d": self.opt_d.state_dict(),
             "rng": {"sampler": rng, "torch": torch.get_rng_state()},
         }
+        if self.ema is not None:
+            state["ema"] = self.ema
         info = self.run_info() | {
             "epoch": self.epoch,
             "iteration": self.iteration,
@@ -230,6 +261,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.opt_g.load_state_dict(state["optim_g"])
         self.opt_d.load_state_dict(state["optim_d"])
+        if self.ema is not None:
+            self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
         samplers = state["rng"]["sampler"]
         if len(samplers) != self.world:
             raise ValueError(
@@ -241,7 +274,8 @@ class Trainer:
         self.running, self.history, self.best = info["running"], info["history"], info["best"]
 
     def save_best(self, epoch: int, score: dict) -> None:
-        state = {"model": {k: v for k, v in self.model.state_dict().items() if k.startswith("G_")}}
+        """The generators of the best epoch so far (their averaged weights with ema_decay)."""
+        state = {"model": self.ema if self.ema is not None else self._generator_state()}
         save_state(self.out / BEST, state, self.run_info() | {"epoch": epoch, "fid": score})
 
     # ---- training ---------------------------------------------------------------------
@@ -263,9 +297,12 @@ class Trainer:
         a, ma = self.samplers[0].sample(c.batch_size, self.generator)
         b, mb = self.samplers[1].sample(c.batch_size, self.generator)
         to = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
-        return self.model.train_step(
+        losses = self.model.train_step(
             to(a), to(ma), to(b), to(mb), self.opt_g, self.opt_d, self.generator
         )
+        if self.ema is not None:
+            self._update_ema()
+        return losses
 
     def fit(
         self,
@@ -316,7 +353,8 @@ class Trainer:
         record |= {k: v / per_epoch for k, v in self.running.items()}
         last = self.epoch + 1 == self.total_epochs
         if (self.epoch + 1) % c.fid_every == 0 or last:
-            score = self.evaluate()
+            with self.averaged_generators():
+                score = self.evaluate()
             record |= score
             if self.rank == 0 and (self.best is None or score["fid"] < self.best["fid"]):
                 self.best = {"epoch": self.epoch + 1, **score}
@@ -332,7 +370,8 @@ class Trainer:
                 from exp2sim.gan.figures import plot_losses, plot_samples
 
                 plot_losses(self.history, self.out / "figures" / "losses.png")
-                plot_samples(self, self.out / "figures" / f"samples_epoch{self.epoch:04d}.png")
+                with self.averaged_generators():
+                    plot_samples(self, self.out / "figures" / f"samples_epoch{self.epoch:04d}.png")
 
     def translate_val(self, direction: str) -> tuple[np.ndarray, np.ndarray]:
         """Held-out spectra of the source domain and their translations (normalised)."""

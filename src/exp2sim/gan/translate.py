@@ -125,9 +125,13 @@ class Translator:
         name, src, tgt = DIRECTIONS[direction]
         info = read_info(path)
         config = TrainConfig.from_dict(info["config"])
-        state, _ = load_state(path, prefixes=("model",))
+        # a training checkpoint keeps the latest weights under "model" (to resume exactly)
+        # and, with ema_decay, the averaged ones the run is evaluated with under "ema";
+        # best.safetensors keeps only the weights the run was evaluated with
+        part = "ema" if config.ema_decay > 0 and path.name == CHECKPOINT else "model"
+        state, _ = load_state(path, prefixes=(part,))
         weights = {
-            k[len(name) + 1 :]: v for k, v in state["model"].items() if k.startswith(name + ".")
+            k[len(name) + 1 :]: v for k, v in state[part].items() if k.startswith(name + ".")
         }
         generator = ResnetGenerator(info["data"]["dim"], config.ngf, config.n_blocks)
         try:
