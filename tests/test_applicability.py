@@ -296,6 +296,30 @@ def test_command_prints_verdicts_and_reuses_its_calibration(tiny_run, tmp_path):
     assert table.exit_code == 0 and "untrustworthy" in table.stdout
 
 
+def test_a_run_with_fewer_training_spectra_than_points(tmp_path):
+    """8 spectra per domain, 1 held out: calibration and assessment use subsets of all 7
+    training spectra instead of failing on the default 20 points, and say so; the
+    calibration is reused afterwards, not redone because of the smaller subsets."""
+    np.save(tmp_path / "a.npy", blur(sharp_spectra(8, SHAPE, seed=0, width=1.0), 1.5))
+    np.save(tmp_path / "b.npy", sharp_spectra(8, SHAPE, seed=1, width=1.0))
+    toml = tmp_path / "tiny.toml"
+    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items()))
+    run = tmp_path / "run"
+    args = ["train", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--out", str(run)]
+    res = runner.invoke(app, [*args, "--preset", str(toml), "--max-iterations", "1"])
+    assert res.exit_code == 0, res.output
+    np.save(tmp_path / "new.npy", blur(sharp_spectra(3, SHAPE, seed=5, width=1.0), 1.5))
+    res = _applicability(run, tmp_path / "new.npy", "--format", "json", "--repeats", "50")
+    assert res.exit_code == 0, res.output
+    assert "(subsets of all 7, not 20)" in res.stderr
+    assert "the run has 7 training spectra" in res.stderr
+    report = json.loads(res.stdout)
+    assert report["points"] == 7 and len(report["inputs"]) == 3
+    again = _applicability(run, tmp_path / "new.npy", "--format", "json", "--repeats", "50")
+    assert "using the applicability calibration" in again.stderr
+    assert json.loads(again.stdout)["inputs"] == report["inputs"]
+
+
 def test_command_rejects_bad_input(tiny_run, tmp_path):
     run = tiny_run / "run"
     np.save(tmp_path / "2d.npy", np.zeros((2, 5, 5), np.float32))

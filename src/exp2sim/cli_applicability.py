@@ -53,6 +53,9 @@ def applicability(
         # zones calibrated once per run with the defaults: verdicts use each input's mean
         # distance, whose expectation depends on neither repeats, seed nor points
         domain = ApplicabilityDomain.for_run(run, direction, log=note)
+        if points > len(domain.bank):
+            note(f"note: the run has {len(domain.bank)} training spectra: subsets of all of them")
+            points = len(domain.bank)
         shape = tuple(domain.calibration.get("shape") or ())
         for name, spectra in sets.items():
             if shape and spectra.shape[1:] != shape:

@@ -366,10 +366,13 @@ class ApplicabilityDomain:
                 return extractor(translator.source.inverse(z))
         else:
             embed = extractor
+        # a small run: each subset is its whole training set (the mean distance, which
+        # decides the verdict, does not depend on the subset size)
+        used = min(points, len(train_z))
         domain = cls.calibrate(
             embed(train_z),
             embed(heldout_z),
-            points=points,
+            points=used,
             repeats=repeats,
             seed=seed,
             settings=settings,
@@ -383,7 +386,9 @@ class ApplicabilityDomain:
         t1, t2 = domain.thresholds
         say(
             f"calibrated the applicability domain ({reason}): {len(train_z)} training and "
-            f"{len(heldout_z)} held-out spectra, thresholds {t1:.3g} / {t2:.3g}; saved {path}"
+            f"{len(heldout_z)} held-out spectra"
+            + (f" (subsets of all {used}, not {points})" if used < points else "")
+            + f", thresholds {t1:.3g} / {t2:.3g}; saved {path}"
         )
         return domain
 
@@ -412,6 +417,9 @@ def _stale(path: Path, identity: dict, wanted: dict) -> str | None:
             f"({_describe(checkpoint)} -> {_describe(identity)})"
         )
     have = {k: saved.calibration.get(k) for k in wanted} | {"choice": checkpoint.get("choice")}
+    # a run with fewer training spectra than points was calibrated with all of them
+    n_train = saved.calibration.get("n_train", wanted["points"])
+    wanted = wanted | {"points": min(wanted["points"], n_train)}
     if have != wanted:
         return "the calibration settings changed"
     return None
