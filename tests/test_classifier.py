@@ -10,6 +10,7 @@ import torch
 from conftest import TINY_GAN
 from typer.testing import CliRunner
 
+from exp2sim.applicability import VERDICTS
 from exp2sim.classifier import (
     ClassifierConfig,
     DUQClassifier,
@@ -415,12 +416,24 @@ def test_classify_deconvolves_with_a_gan_run_first(cli_model):
     )
     assert text.exit_code == 0 and "applicability" in text.stdout  # the column's header
     assert assessment.verdicts[0] in text.stdout
-    # a run too small to calibrate still deconvolves and classifies, and says why no verdict
+    # a small run (3 training spectra, 1 held out) is calibrated with subsets of all three
     Trainer.new(config, root / "gan.npy", root / "gan.npy", root / "small").fit()
     res = runner.invoke(
         app,
         ["classify", "--model", str(root / "cls"), str(root / "gan.npy")]
         + ["--deconvolve", str(root / "small"), "--format", "json"],
+    )
+    assert res.exit_code == 0 and "subsets of all 3" in res.stderr
+    rows = json.loads(res.stdout)
+    assert len(rows) == 4 and all(r["applicability"]["verdict"] in VERDICTS for r in rows)
+    # one training spectrum has no spread to scale distances by: the run still deconvolves
+    # and classifies, and says why there is no verdict
+    np.save(root / "gan2.npy", x[:2])
+    Trainer.new(config, root / "gan2.npy", root / "gan2.npy", root / "smallest").fit()
+    res = runner.invoke(
+        app,
+        ["classify", "--model", str(root / "cls"), str(root / "gan.npy")]
+        + ["--deconvolve", str(root / "smallest"), "--format", "json"],
     )
     assert res.exit_code == 0 and "no applicability verdict" in res.stderr
     rows = json.loads(res.stdout)

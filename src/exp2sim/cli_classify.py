@@ -178,12 +178,12 @@ def _gan_applicability(run: Path, spectra: np.ndarray, device: str) -> list[dict
     and mean distance of `exp2sim applicability --run RUN` (default settings; the zones are
     calibrated on the run's first use and saved with it). The classifier's own certainty is
     a weak test of novelty (README), so the deconvolving run's verdict is shown beside it.
-    None, with a note, where the run cannot be calibrated (too few training spectra)."""
+    None, with a note, where the run cannot be calibrated (a single training spectrum)."""
     from exp2sim.applicability import ApplicabilityDomain
 
     try:
         domain = ApplicabilityDomain.for_run(run, "exp2sim", device=device, log=note)
-    except ValueError as exc:  # e.g. a run with fewer training spectra than points
+    except ValueError as exc:  # e.g. a run with a single training spectrum (no spread)
         note(f"note: no applicability verdict for {run}: {exc}")
         return None
     result = domain.assess_spectra(spectra)
