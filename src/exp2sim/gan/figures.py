@@ -38,7 +38,8 @@ def plot_losses(history: list[dict], path: Path) -> None:
         if pts:
             ax_fid.plot(*zip(*pts, strict=True), marker="o", label=name)
     ax_fid.set(xlabel="epoch", ylabel="Frechet distance", title="held-out Frechet distance")
-    ax_fid.legend(fontsize=8)
+    if ax_fid.lines:  # none before the first evaluation (fid_every > 1)
+        ax_fid.legend(fontsize=8)
     _save(fig, path)
 
 
