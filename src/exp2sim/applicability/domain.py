@@ -146,13 +146,15 @@ class ApplicabilityDomain:
         """Distances of each held-out in-distribution example (n_h, D) to the training
         features (N, D), and the zone thresholds from them (`rule`, default ZoneRule()).
         `blocks`: lengths of the feature blocks, each scaled by its own training spread
-        (`FeatureExtractor.blocks`; None: one block)."""
+        (`FeatureExtractor.blocks`; None: one block). With fewer than `points` training
+        examples every subset is all of them, here and in `assess` (the mean distance,
+        which decides the verdict, does not depend on the subset size)."""
         rule = rule or ZoneRule()
         train = np.asarray(train_features, dtype=np.float32)
         heldout = np.asarray(heldout_features, dtype=np.float32)
         scale = block_scales(train, blocks)
         distances = sinkhorn_distances(
-            train, heldout, points, repeats, seed, scale=scale, blur=blur
+            train, heldout, min(points, len(train)), repeats, seed, scale=scale, blur=blur
         )
         calibration = {
             "points": points,
@@ -199,7 +201,7 @@ class ApplicabilityDomain:
         distances = sinkhorn_distances(
             self.bank,
             features,
-            c["points"] if points is None else points,
+            min(c["points"] if points is None else points, len(self.bank)),
             c["repeats"] if repeats is None else repeats,
             c["seed"] if seed is None else seed,
             scale=self.scale,
@@ -366,13 +368,10 @@ class ApplicabilityDomain:
                 return extractor(translator.source.inverse(z))
         else:
             embed = extractor
-        # a small run: each subset is its whole training set (the mean distance, which
-        # decides the verdict, does not depend on the subset size)
-        used = min(points, len(train_z))
         domain = cls.calibrate(
             embed(train_z),
             embed(heldout_z),
-            points=used,
+            points=points,
             repeats=repeats,
             seed=seed,
             settings=settings,
@@ -387,7 +386,7 @@ class ApplicabilityDomain:
         say(
             f"calibrated the applicability domain ({reason}): {len(train_z)} training and "
             f"{len(heldout_z)} held-out spectra"
-            + (f" (subsets of all {used}, not {points})" if used < points else "")
+            + (f" (subsets of all {len(train_z)}, not {points})" if len(train_z) < points else "")
             + f", thresholds {t1:.3g} / {t2:.3g}; saved {path}"
         )
         return domain
@@ -417,9 +416,6 @@ def _stale(path: Path, identity: dict, wanted: dict) -> str | None:
             f"({_describe(checkpoint)} -> {_describe(identity)})"
         )
     have = {k: saved.calibration.get(k) for k in wanted} | {"choice": checkpoint.get("choice")}
-    # a run with fewer training spectra than points was calibrated with all of them
-    n_train = saved.calibration.get("n_train", wanted["points"])
-    wanted = wanted | {"points": min(wanted["points"], n_train)}
     if have != wanted:
         return "the calibration settings changed"
     return None

@@ -148,10 +148,13 @@ class Trainer:
         self.history: list[dict] = []
         self.running: dict[str, float] = {}
         self.best: dict | None = None
-        # the generators' averaged weights (config.ema_decay > 0), keyed like the model's
+        # the generators' averaged weights (config.ema_decay > 0), keyed like the model's;
+        # `_live` holds views of the weights, which the optimiser and load_state_dict update
+        # in place, so each step averages without rebuilding the state dict
         self.ema: dict[str, torch.Tensor] | None = None
         if config.ema_decay > 0:
-            self.ema = {k: v.detach().clone() for k, v in self._generator_state().items()}
+            self._live = self._generator_state()
+            self.ema = {k: v.clone() for k, v in self._live.items()}
 
     # ---- construction -----------------------------------------------------------------
     @classmethod
@@ -206,9 +209,8 @@ class Trainer:
 
     def _update_ema(self) -> None:
         with torch.no_grad():
-            state = self._generator_state()
             for name, avg in self.ema.items():
-                avg.lerp_(state[name], 1.0 - self.config.ema_decay)
+                avg.lerp_(self._live[name], 1.0 - self.config.ema_decay)
 
     @contextlib.contextmanager
     def averaged_generators(self) -> Iterator[None]:
