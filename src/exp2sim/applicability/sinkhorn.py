@@ -148,8 +148,12 @@ def sinkhorn_distances(
     if not (np.isfinite(scale).all() and (scale > 0).all()):
         raise ValueError("feature scales must be positive and finite")
     idx = torch.from_numpy(subset_indices(len(train), points, repeats, seed))
-    train = (train / scale).astype(np.float32)
-    inputs = (inputs / scale).astype(np.float32)
+    # centred on the training mean (distances do not change) in float64 before going to
+    # float32: features far from the origin compared with their spread would otherwise
+    # lose their differences to round-off in the solver
+    centre = train.astype(np.float64).mean(0)
+    train = ((train - centre) / scale).astype(np.float32)
+    inputs = ((inputs - centre) / scale).astype(np.float32)
     # the bounding-box diagonal of all points, geomloss's own estimate, once for all chunks
     low = np.minimum(train.min(0), inputs.min(0))
     diameter = float(np.linalg.norm(np.maximum(train.max(0), inputs.max(0)) - low))
