@@ -63,6 +63,56 @@ def test_generator_is_translation_equivariant_away_from_borders():
     torch.testing.assert_close(y1[60:200], y0[56:196], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(41,), (22, 29), (9, 12, 14)])
+def test_kernel_generators_take_local_weighted_means(shape):
+    """A kernel generator's output (TrainConfig.kernel) is a per-pixel weighted mean of its
+    input over k^dim neighbours, whatever its weights: it cannot exceed the neighbourhood's
+    extremes, a flat spectrum stays flat, and with `sharpen` it is an unsharp mask,
+    (1 + a) x - a blur(x) with a >= 0: never below the input where the input is a local
+    maximum. Checked against scipy's min/max filters on random weights and inputs."""
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    k, dim = 5, len(shape)
+    torch.manual_seed(0)
+    blur_gen = ResnetGenerator(dim, ngf=4, n_blocks=1, kernel=k)
+    sharp_gen = ResnetGenerator(dim, ngf=4, n_blocks=1, kernel=k, sharpen=True)
+    for g in (blur_gen, sharp_gen):
+        for p in g.parameters():  # far from the near-identity start
+            torch.nn.init.normal_(p, std=0.3)
+    x = torch.rand(2, 1, *shape)
+    with torch.no_grad():
+        y = blur_gen(x).numpy()
+        flat = blur_gen(torch.full((1, 1, *shape), 0.3)).numpy()
+        sharpened = sharp_gen(x).numpy()
+    window = (1, 1) + (k,) * dim
+    high = maximum_filter(x.numpy(), size=window, mode="nearest")
+    low = minimum_filter(x.numpy(), size=window, mode="nearest")
+    assert y.shape == x.shape
+    assert np.all(y <= high + 1e-6) and np.all(y >= low - 1e-6)
+    assert np.abs(y - x.numpy()).max() > 0.05  # it does blur
+    np.testing.assert_allclose(flat, 0.3, rtol=1e-5)
+    peaks = x.numpy() == high
+    assert np.all(sharpened[peaks] >= x.numpy()[peaks] - 1e-6)
+    assert np.abs(sharpened - x.numpy()).max() > 1e-3  # a is small at random weights
+    with pytest.raises(ValueError, match="odd"):
+        ResnetGenerator(dim, ngf=4, n_blocks=1, kernel=4)
+    with pytest.raises(ValueError, match="odd"):
+        TrainConfig(kernel=6)
+
+
+def test_kernel_generator_starts_near_the_identity():
+    """Initialised like every other generator (xavier, gain 0.02), a kernel generator's
+    first output is close to its input (a narrow centre-weighted kernel), so training starts
+    from doing almost nothing rather than from noise."""
+    torch.manual_seed(0)
+    model = DCLGAN(TrainConfig(**TINY, kernel=7), 2)
+    x = torch.from_numpy(blur(sharp_spectra(2, (40, 48), seed=0), 1.0)).float()[:, None]
+    with torch.no_grad():
+        for g in (model.G_A, model.G_B):
+            y = g(x)
+            assert float((y - x).norm() / x.norm()) < 0.2
+
+
 def test_paper_generator_has_the_papers_size():
     """DESIGN.md: 11.4 M parameters per generator (ngf 64, 9 blocks), ~30 M in all."""
     g = ResnetGenerator(2, ngf=64, n_blocks=9)

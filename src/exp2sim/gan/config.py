@@ -21,6 +21,10 @@ class TrainConfig:
     n_blocks: int = 6  # residual blocks at 1/4 resolution
     ndf: int = 32  # discriminator width
     d_layers: int = 3  # strided discriminator stages
+    # not in the paper: 0, the generators draw their output (tanh), as in the paper; k > 0
+    # (odd), they predict per-pixel k^dim-tap kernels and output a local blur (Sim2Exp) or
+    # unsharp mask (Exp2Sim) of the input (networks.ResnetGenerator)
+    kernel: int = 0
     nce_layers: tuple[str, ...] = ("down1", "down2", "block1", "block5")
     nce_patches: int = 256  # locations sampled per layer and image
     nce_units: int = 256  # projection head width
@@ -62,7 +66,7 @@ class TrainConfig:
     seed: int = 0
     extra: dict = field(default_factory=dict)  # free-form notes, kept with the run
 
-    ARCHITECTURE = ("ngf", "n_blocks", "ndf", "d_layers", "nce_layers", "nce_units")
+    ARCHITECTURE = ("ngf", "n_blocks", "ndf", "d_layers", "kernel", "nce_layers", "nce_units")
 
     def __post_init__(self) -> None:
         self.nce_layers = tuple(self.nce_layers)
@@ -88,6 +92,8 @@ class TrainConfig:
             )
         if self.crop < self.min_crop():
             raise ValueError(f"crop must be at least {self.min_crop()} pixels")
+        if self.kernel < 0 or (self.kernel and self.kernel % 2 == 0):
+            raise ValueError(f"kernel must be 0 or an odd number of taps, got {self.kernel}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 < self.val_fraction < 1:

@@ -97,8 +97,8 @@ class DCLGAN(nn.Module):
         super().__init__()
         self.config, self.dim = config, dim
         c = config
-        self.G_A = ResnetGenerator(dim, c.ngf, c.n_blocks)
-        self.G_B = ResnetGenerator(dim, c.ngf, c.n_blocks)
+        self.G_A = ResnetGenerator(dim, c.ngf, c.n_blocks, c.kernel, sharpen=True)
+        self.G_B = ResnetGenerator(dim, c.ngf, c.n_blocks, c.kernel)
         self.D_A = PatchDiscriminator(dim, c.ndf, c.d_layers)
         self.D_B = PatchDiscriminator(dim, c.ndf, c.d_layers)
         channels = self.G_A.layer_channels(c.nce_layers)
@@ -109,8 +109,11 @@ class DCLGAN(nn.Module):
         self.scales = (IntensityScale(q=10.0), IntensityScale(q=10.0))
 
     def set_scales(self, scale_a: IntensityScale, scale_b: IntensityScale) -> None:
-        """The domains' intensity normalisations (needed for lambda_intensity > 0)."""
+        """The domains' intensity normalisations (needed for lambda_intensity > 0 and for
+        kernel generators)."""
         self.scales = (scale_a, scale_b)
+        self.G_A.set_scales(scale_a, scale_b)
+        self.G_B.set_scales(scale_b, scale_a)
 
     def _smoothed_intensity(self, z: torch.Tensor, domain: int) -> torch.Tensor:
         """Normalised values of `domain` (0: A, 1: B) -> intensities (IntensityScale.inverse,

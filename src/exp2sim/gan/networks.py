@@ -2,7 +2,9 @@
 
 - `ResnetGenerator`: CycleGAN/CUT ResNet generator with reflection padding, instance norm and
   anti-aliased down/up-sampling. It can return the encoder features PatchNCE needs from the
-  same pass that makes the translation, and can stop after the deepest feature layer.
+  same pass that makes the translation, and can stop after the deepest feature layer. With
+  `kernel`, its output is a local blur (or unsharp mask) of its input, made by per-pixel
+  kernels that the network predicts, instead of an image it draws.
 - `PatchDiscriminator`: PatchGAN with two output channels, real/fake (GAN) and the
   auxiliary simulation-vs-experiment class of Exp2SimGAN.
 - `ProjectionHeads`: the two-layer MLPs that map sampled encoder features to PatchNCE
@@ -12,6 +14,8 @@ All take (batch, 1, *spatial) float tensors of any spatial size.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +31,7 @@ from exp2sim.gan.layers import (
     instance_norm,
     pad_to_multiple,
 )
+from exp2sim.gan.normalisation import IntensityScale
 
 
 class ResnetBlock(nn.Module):
@@ -60,11 +65,32 @@ class ResnetGenerator(nn.Module):
     tanh. Inputs of any size: they are padded to a multiple of 4 and cropped back.
 
     With ngf 64 and 9 blocks in 2D this is the 11.4 M-parameter generator of the paper.
+
+    With `kernel` = k > 0 (not in the paper) the head predicts, for every pixel, the weights
+    of a k^dim-tap kernel (softmax: positive, summing to 1) instead of the output value, and
+    the output is the weighted mean of the input's intensity around that pixel, as a
+    measured pixel is a resolution-weighted mean of the true spectrum around it: a local blur
+    whose widths can change from place to place. Such a generator cannot make up peaks or
+    move intensity by more than k // 2 pixels, and a flat spectrum stays flat. With `sharpen`
+    (the Exp2Sim direction), an extra channel a >= 0 turns the blur into an unsharp mask,
+    (1 + a) x - a blur(x). The kernels act on intensities: the normalised input is mapped
+    back with the source domain's scale and the result normalised with the target's
+    (`set_scales`), so they do not depend on how the two domains are normalised.
     """
 
-    def __init__(self, dim: int, ngf: int = 64, n_blocks: int = 9) -> None:
+    def __init__(
+        self,
+        dim: int,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        kernel: int = 0,
+        sharpen: bool = False,
+    ) -> None:
         super().__init__()
+        if kernel < 0 or (kernel and kernel % 2 == 0):
+            raise ValueError(f"kernel must be 0 or an odd number of taps, got {kernel}")
         self.dim, self.ngf, self.n_blocks = dim, ngf, n_blocks
+        self.kernel, self.sharpen = kernel, sharpen
         self.stem_conv = nn.Sequential(Pad(dim, 3), conv(dim, 1, ngf, 7))
         self.stem_act = nn.Sequential(instance_norm(dim, ngf), nn.ReLU(inplace=True))
         self.down_convs = nn.ModuleList()
@@ -87,7 +113,17 @@ class ResnetGenerator(nn.Module):
                 instance_norm(dim, c // 2),
                 nn.ReLU(inplace=True),
             ]
-        up += [Pad(dim, 3), conv(dim, ngf, 1, 7), nn.Tanh()]
+        if kernel:
+            up += [Pad(dim, 3), conv(dim, ngf, kernel**dim + int(sharpen), 7)]
+            offsets = torch.tensor(list(itertools.product(range(kernel), repeat=dim)))
+            # log-weights added to the predicted ones so that training starts near the
+            # identity: a Gaussian of 0.5 pixels around the centre tap
+            squared = ((offsets - kernel // 2) ** 2).sum(1).float()
+            self.register_buffer("prior", -2.0 * squared, persistent=False)
+            # s and gain of the source and then the target domain's IntensityScale
+            self.register_buffer("scales", torch.ones(4))
+        else:
+            up += [Pad(dim, 3), conv(dim, ngf, 1, 7), nn.Tanh()]
         self.decoder = nn.Sequential(*up)
 
     def layer_channels(self, names: list[str] | tuple[str, ...]) -> list[int]:
@@ -127,9 +163,36 @@ class ResnetGenerator(nn.Module):
             if after is not None:
                 h = after(h)
         y = self.decode(h)[(slice(None), slice(None), *crop)]
+        if self.kernel:
+            y = self.apply_kernels(x, y)
         if layers:
             return y, [feats[n] for n in layers]
         return y
+
+    def set_scales(self, source: IntensityScale, target: IntensityScale) -> None:
+        """The source and target domains' intensity normalisations (kernel generators)."""
+        if self.kernel:
+            values = [source.s, source.gain, target.s, target.gain]
+            self.scales.copy_(torch.tensor(values, dtype=self.scales.dtype))
+
+    def apply_kernels(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The output of a kernel generator: x (B, 1, *S) normalised in the source domain,
+        logits (B, k^dim [+ 1], *S) from the head -> (B, 1, *S) normalised in the target
+        domain. Edges are extended by replication; masked pixels (0) count as empty."""
+        k, taps = self.kernel, self.kernel**self.dim
+        s_source, gain_source, s_target, gain_target = self.scales.tolist()
+        intensity = s_source * torch.sinh(gain_source * x.float())
+        shape = (1, taps) + (1,) * self.dim
+        weights = torch.softmax(logits[:, :taps].float() + self.prior.view(shape), dim=1)
+        padded = F.pad(intensity, [k // 2] * (2 * self.dim), mode="replicate")
+        out = torch.zeros_like(intensity)
+        for tap, offset in enumerate(itertools.product(range(k), repeat=self.dim)):
+            region = tuple(slice(o, o + n) for o, n in zip(offset, x.shape[2:], strict=True))
+            out = out + weights[:, tap : tap + 1] * padded[(slice(None), slice(None), *region)]
+        if self.sharpen:
+            amount = F.softplus(logits[:, taps:].float() - 2.0)  # starts near 0.13
+            out = (1 + amount) * intensity - amount * out
+        return torch.asinh(out / s_target) / gain_target
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         """The decoder on the last block's output; when translating on the CPU, each

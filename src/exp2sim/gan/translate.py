@@ -133,7 +133,9 @@ class Translator:
         weights = {
             k[len(name) + 1 :]: v for k, v in state[part].items() if k.startswith(name + ".")
         }
-        generator = ResnetGenerator(info["data"]["dim"], config.ngf, config.n_blocks)
+        generator = ResnetGenerator(
+            info["data"]["dim"], config.ngf, config.n_blocks, config.kernel, sharpen=name == "G_A"
+        )
         try:
             generator.load_state_dict(weights)
         except RuntimeError as exc:
