@@ -180,7 +180,8 @@ class ResnetGenerator(nn.Module):
         logits (B, k^dim [+ 1], *S) from the head -> (B, 1, *S) normalised in the target
         domain. Edges are extended by replication; masked pixels (0) count as empty."""
         k, taps = self.kernel, self.kernel**self.dim
-        s_source, gain_source, s_target, gain_target = self.scales.tolist()
+        # 0-d tensors, not Python floats: no device-to-host copy on a GPU every pass
+        s_source, gain_source, s_target, gain_target = self.scales
         intensity = s_source * torch.sinh(gain_source * x.float())
         shape = (1, taps) + (1,) * self.dim
         weights = torch.softmax(logits[:, :taps].float() + self.prior.view(shape), dim=1)
