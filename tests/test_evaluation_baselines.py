@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from scipy.integrate import quad
+from scipy.stats import norm
 
 from exp2sim.evaluation import metrics
 from exp2sim.evaluation.baselines import (
     ResolutionBlur,
+    bin_transfer,
     discrete_gaussian,
     gaussian_convolve,
     richardson_lucy_deconvolve,
@@ -16,7 +21,7 @@ from exp2sim.instrument.detectors import PCSMO_PSI
 from exp2sim.instrument.resolution import FWHM_PER_SIGMA, MAPS_RESOLUTION
 from exp2sim.instrument.spectrometer import PCSMO_SETTINGS, Setting
 from exp2sim.spectra.calculator import conventional_lattice
-from exp2sim.spectra.factory import make_bins_and_mask
+from exp2sim.spectra.factory import make_bins_and_mask, make_calculator
 from exp2sim.spectra.generate import SimulationConfig
 from exp2sim.spectra.layout import CutLayout, MosaicLayout, VolumeLayout
 from exp2sim.spinwave import load_model
@@ -64,8 +69,11 @@ def test_discrete_gaussian_sums_to_one_with_variance_sigma_squared(sigma):
 
 
 @pytest.mark.parametrize("which", ["instrument", "custom"])
-def test_delta_spreads_with_the_tile_sigma_and_stays_in_its_tile(which, mosaic_blur):
-    blur = mosaic_blur if which == "instrument" else _custom_mosaic_blur()
+def test_delta_spreads_with_the_tile_sigma_and_stays_in_its_tile(which):
+    """The in-plane blur alone (energy=False; a custom blur mixes no slices)."""
+    blur = ResolutionBlur.for_config(MOSAIC, energy=False)
+    if which == "custom":
+        blur = _custom_mosaic_blur()
     tile_row, tile_col = 2, 7
     i0, j0 = 40 * tile_row + 20, 40 * tile_col + 20
     image = np.zeros((240, 400))
@@ -81,6 +89,87 @@ def test_delta_spreads_with_the_tile_sigma_and_stays_in_its_tile(which, mosaic_b
     assert np.sum(out * di**2) == pytest.approx(sigma_h**2, rel=1e-6)
     assert np.sum(out * dj**2) == pytest.approx(sigma_k**2, rel=1e-6)
     assert np.sum(out * di * dj) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.05, 0.3, 1.2])
+def test_bin_transfer_is_a_uniform_bin_under_a_gaussian(sigma):
+    """Shares of a uniform bin [0, 1) that land in bin d after a Gaussian of sigma bins,
+    against direct integration; they sum to 1 and are symmetric."""
+    d = np.arange(-20, 21)
+    share = bin_transfer(d, sigma)
+    assert share.sum() == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(share, share[::-1], atol=1e-14)
+    if sigma == 0:
+        np.testing.assert_array_equal(share, d == 0)
+        return
+    if sigma < 0.1:
+        assert share[21] == pytest.approx(sigma / np.sqrt(2 * np.pi), rel=1e-6)
+    for offset in (0, 1, 2):
+        direct, _ = quad(
+            lambda x, o=offset: norm.cdf((o + 1 - x) / sigma) - norm.cdf((o - x) / sigma), 0, 1
+        )
+        assert share[20 + offset] == pytest.approx(direct, abs=1e-10)
+
+
+def test_mosaic_energy_slices_mix_with_their_row_neighbours(mosaic_blur):
+    """A delta in tile (2, 7): the tiles beside it in its row (the neighbouring energy
+    slices at the same Ei) receive the shares bin_transfer(+-1, their own width), at the
+    same (h, k); other rows nothing; the widths are the energy resolution of the tile over
+    the slice width (0.2-0.35 for the PCSMO settings)."""
+    assert mosaic_blur.slice_axis == 1
+    assert 0.15 < mosaic_blur.slice_sigma.min() and mosaic_blur.slice_sigma.max() < 0.4
+    image = np.zeros((240, 400))
+    image[100, 300] = 1.0
+    out = gaussian_convolve(image, mosaic_blur)
+    sums = out.reshape(6, 40, 10, 40).sum(axis=(1, 3))
+    s = mosaic_blur.slice_sigma
+    np.testing.assert_array_equal(np.delete(sums, 2, axis=0), 0.0)
+    for col in range(10):
+        # normalised by the shares that exist: the last slice has no right neighbour
+        shares = bin_transfer(col - np.arange(10), s[2, col])
+        assert sums[2, col] == pytest.approx(shares[7] / shares.sum(), rel=1e-9, abs=1e-15)
+    assert 0.08 < sums[2, 6] < 0.15
+    assert np.argmax(out[80:120, 320:360]) == np.ravel_multi_index((20, 20), (40, 40))
+
+
+def test_transposed_blur_is_the_adjoint():
+    """<K x, y> = <x, K^T y> (Richardson-Lucy needs K^T) with varying widths and slices."""
+    rng = np.random.default_rng(7)
+    for blur in (
+        ResolutionBlur.for_config(MOSAIC),
+        ResolutionBlur.for_config(SimulationConfig(kind="volume", shape=(12, 10, 16))),
+    ):
+        x = rng.random((2, *blur.grid, *blur.tile))
+        y = rng.random(x.shape)
+        lhs = np.sum(blur.apply_tiles(x) * y)
+        rhs = np.sum(x * blur.apply_tiles(y, transpose=True))
+        assert lhs == pytest.approx(rhs, rel=1e-12)
+
+
+def test_energy_mixing_brings_the_blur_closer_to_the_full_resolution(reference):
+    """The Goodenough best fit: the blur with the slices mixed is closer to the simulator's
+    Gaussian resolution convolution (every variable of the resolution ellipsoid) and to the
+    original data's Tobyfit simulation than the in-plane blur alone. Measured: relative
+    r.m.s. difference 0.53 -> 0.36, correlation with Tobyfit 0.609 -> 0.642 (unconvolved
+    0.586, the simulator's convolution 0.703)."""
+    import scipy.io
+
+    config = SimulationConfig(model="goodenough", kind="mosaic")
+    params = load_model("goodenough").best_fit
+    plain = make_calculator(config)(params)
+    full = make_calculator(replace(config, resolution="gaussian", n_mc=1))(params)
+    tobyfit = np.load(reference / "pcsmo_sim" / "simulated_fitpars_goodenough.npy")[0]
+    real_mask = np.flipud(
+        scipy.io.loadmat(reference / "maps_resolution" / "nanmask.mat")["nan_mask"]
+    ).astype(bool)
+    ok = np.isfinite(plain) & ~real_mask
+    rel, corr = {}, {}
+    for energy in (False, True):
+        blurred = gaussian_convolve(plain, ResolutionBlur.for_config(config, energy=energy))
+        rel[energy] = np.sqrt(np.nanmean((blurred - full) ** 2) / np.nanmean(full**2))
+        corr[energy] = np.corrcoef(blurred[ok], tobyfit[ok])[0, 1]
+    assert rel[True] < 0.8 * rel[False]
+    assert corr[True] > corr[False] + 0.02
 
 
 @pytest.mark.parametrize("kind", ["mosaic", "volume", "cut"])
@@ -159,7 +248,6 @@ def test_cut_energy_width_matches_the_energy_resolution(lattice):
     fwhm = FWHM_PER_SIGMA * blur.sigma[0, :, 0] * (bins.e_hi - bins.e_lo)
     np.testing.assert_allclose(fwhm, MAPS_RESOLUTION.energy_fwhm(layout.setting, bins.e), rtol=0.05)
     assert np.all(np.diff(fwhm) < 0)  # direct geometry: sharper at larger energy transfer
-    assert len(blur.regions()) > 1  # widths vary enough to need several RL regions
 
 
 # ---- Richardson-Lucy ---------------------------------------------------------------------
