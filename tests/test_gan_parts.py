@@ -10,6 +10,7 @@ from scipy.ndimage import gaussian_filter
 
 from exp2sim.gan.checkpoint import load_state, read_info, save_state
 from exp2sim.gan.config import TrainConfig, load_preset
+from exp2sim.gan.data import CropSampler, shifted_copies
 from exp2sim.gan.fid import frechet_distance, spectra_distance
 from exp2sim.gan.layers import count_parameters
 from exp2sim.gan.losses import masked_l1, patch_mse, patch_nce, sample_locations
@@ -98,6 +99,69 @@ def test_kernel_generators_take_local_weighted_means(shape):
         ResnetGenerator(dim, ngf=4, n_blocks=1, kernel=4)
     with pytest.raises(ValueError, match="odd"):
         TrainConfig(kernel=6)
+
+
+def test_kernel_shifts_add_taps_that_move_intensity():
+    """Shifted taps (TrainConfig.kernel_shifts) join the softmax: the output stays a
+    weighted mean, now of the local window and the shifted values; missing ones (NaN) get no
+    weight, which leaves exactly the generator without them; a flat spectrum stays flat."""
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    torch.manual_seed(0)
+    shifts = ((0, -6), (0, 6))
+    g = ResnetGenerator(2, ngf=4, n_blocks=1, kernel=3, shifts=shifts)
+    for p in g.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    local = ResnetGenerator(2, ngf=4, n_blocks=1, kernel=3)
+    state = g.state_dict()
+    head = [k for k in state if k.startswith("decoder.")][-2:]  # the last conv
+    local.load_state_dict({k: v[:9] if k in head else v for k, v in state.items()})
+    x = torch.rand(2, 1, 10, 16)
+    context = 2.0 + torch.rand(2, 2, 10, 16)  # brighter than every local tap
+    with torch.no_grad():
+        y = g(x, context=context).numpy()
+        alone = g(x, context=torch.full_like(context, torch.nan)).numpy()
+        flat = g(torch.full((1, 1, 10, 16), 0.3), context=torch.full((1, 2, 10, 16), 0.3))
+        expected = local(x).numpy()
+    high = np.maximum(maximum_filter(x.numpy(), size=(1, 1, 3, 3), mode="nearest"), 3.0)
+    low = minimum_filter(x.numpy(), size=(1, 1, 3, 3), mode="nearest")
+    assert np.all(y <= high + 1e-6) and np.all(y >= low - 1e-6)
+    # measured: 18 % of the pixels clearly above their local window (2 of 11 taps shifted)
+    assert (y > maximum_filter(x.numpy(), size=(1, 1, 3, 3)) + 0.05).mean() > 0.1
+    np.testing.assert_allclose(alone, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(flat.numpy(), 0.3, rtol=1e-5)
+    with pytest.raises(ValueError, match="context"):
+        g(x)
+    with pytest.raises(ValueError, match="kernel"):
+        TrainConfig(kernel_shifts=[[0, 40]])
+
+
+def test_crops_carry_shifted_taps_from_the_whole_spectrum():
+    """CropSampler with kernel shifts: channel j holds, at every pixel, the spectrum's value
+    at that pixel plus shift j, also after a random flip (which swaps +o and -o), taken
+    beyond the crop where needed; NaN beyond the spectrum. The values encode positions."""
+    rows, cols = 12, 40
+    spectra = np.arange(2 * rows * cols, dtype=np.float32).reshape(2, rows, cols)
+    shifts = ((0, -10), (0, 10))
+    sampler = CropSampler(spectra, (8, 16), flip_axes=(-1,), shifts=shifts)
+    x, mask = sampler.sample(40, torch.Generator().manual_seed(0))
+    assert x.shape == (40, 3, 8, 16) and mask.shape == (40, 1, 8, 16) and not mask.any()
+    directions = set()
+    for crop in x.numpy():
+        step = crop[0, 0, 1] - crop[0, 0, 0]  # +1 as sampled, -1 flipped
+        directions.add(step)
+        column = (crop[0] % cols).astype(int)
+        for j, (_, o) in enumerate(shifts):
+            partner = column + int(step) * o
+            inside = (partner >= 0) & (partner < cols)
+            np.testing.assert_array_equal(crop[1 + j][inside], (crop[0] + step * o)[inside])
+            assert np.isnan(crop[1 + j][~inside]).all()
+    assert directions == {1.0, -1.0}
+    with pytest.raises(ValueError, match="symmetric"):
+        CropSampler(spectra, (8, 16), flip_axes=(-1,), shifts=((0, 10),))
+    taps = shifted_copies(spectra[0], shifts)
+    np.testing.assert_array_equal(taps[1][:, :30], spectra[0][:, 10:])
+    assert np.isnan(taps[1][:, 30:]).all() and np.isnan(taps[0][:, :10]).all()
 
 
 def test_kernel_generator_starts_near_the_identity():

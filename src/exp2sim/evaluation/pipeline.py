@@ -233,8 +233,9 @@ VOLUME_DEFAULTS = {
 def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) -> dict:
     """The 3D example (the paper's Fig. 6): (h, k, E) volumes of the last model at one
     incident energy, unconvolved and convolved (unpaired for training, paired for the test
-    volumes), a 3D GAN (the 2D GAN's settings with `volume["gan"]` on top), and the test
-    volumes translated both ways. Returns PSNRs against the truth and the panels to draw."""
+    volumes), a 3D GAN (the 2D GAN's settings but its kernel shifts, with `volume["gan"]`
+    on top), and the test volumes translated both ways. Returns PSNRs against the truth and
+    the panels to draw."""
     from exp2sim.evaluation import metrics
     from exp2sim.gan.translate import Translator
 
@@ -280,7 +281,9 @@ def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) ->
         paths[domain] = folder / f"volume_domain_{domain}.npy"
         if not paths[domain].exists():
             write_npy_atomic(paths[domain], spectra)
-    run = train_gan_run(cfg, paths, out / "gan-3d", {**cfg.gan, **v["gan"]}, stages, "GAN (3D)")
+    # the mosaic's kernel shifts (pixel offsets in 2D) mean nothing for volumes
+    gan = {k: x for k, x in cfg.gan.items() if k != "kernel_shifts"} | v["gan"]
+    run = train_gan_run(cfg, paths, out / "gan-3d", gan, stages, "GAN (3D)")
     deconvolved = Translator.from_run(run, "exp2sim", device=cfg.device)(test["convolved"])
     convolved = Translator.from_run(run, "sim2exp", device=cfg.device)(test["unconvolved"])
 

@@ -25,6 +25,11 @@ class TrainConfig:
     # (odd), they predict per-pixel k^dim-tap kernels and output a local blur (Sim2Exp) or
     # unsharp mask (Exp2Sim) of the input (networks.ResnetGenerator)
     kernel: int = 0
+    # not in the paper, kernel generators only: extra kernel taps, each the input at a fixed
+    # pixel offset (one offset per spatial axis), for resolution that mixes distant parts of
+    # a spectrum, e.g. the neighbouring energy slices of the PCSMO mosaic, 40 columns away:
+    # ((0, -40), (0, 40)). The values come from the whole spectrum, not only the crop.
+    kernel_shifts: tuple[tuple[int, ...], ...] = ()
     nce_layers: tuple[str, ...] = ("down1", "down2", "block1", "block5")
     nce_patches: int = 256  # locations sampled per layer and image
     nce_units: int = 256  # projection head width
@@ -66,11 +71,14 @@ class TrainConfig:
     seed: int = 0
     extra: dict = field(default_factory=dict)  # free-form notes, kept with the run
 
-    ARCHITECTURE = ("ngf", "n_blocks", "ndf", "d_layers", "kernel", "nce_layers", "nce_units")
+    ARCHITECTURE = (
+        "ngf", "n_blocks", "ndf", "d_layers", "kernel", "kernel_shifts", "nce_layers", "nce_units"
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         self.nce_layers = tuple(self.nce_layers)
         self.flip_axes = tuple(self.flip_axes)
+        self.kernel_shifts = tuple(tuple(int(o) for o in s) for s in self.kernel_shifts)
         if self.intensity_scale not in ("percentile", "mean"):
             raise ValueError(
                 f"intensity_scale must be percentile or mean, not {self.intensity_scale!r}"
@@ -94,6 +102,14 @@ class TrainConfig:
             raise ValueError(f"crop must be at least {self.min_crop()} pixels")
         if self.kernel < 0 or (self.kernel and self.kernel % 2 == 0):
             raise ValueError(f"kernel must be 0 or an odd number of taps, got {self.kernel}")
+        if self.kernel_shifts and not self.kernel:
+            raise ValueError("kernel_shifts need a kernel generator (kernel > 0)")
+        if len({len(s) for s in self.kernel_shifts}) > 1 or any(
+            not any(s) for s in self.kernel_shifts
+        ):
+            raise ValueError(
+                f"kernel_shifts {self.kernel_shifts}: give one non-zero offset per spatial axis"
+            )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 < self.val_fraction < 1:
@@ -106,11 +122,7 @@ class TrainConfig:
 
     def architecture(self) -> dict:
         """The fields that fix the networks' weights and their meaning."""
-        return {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in self.to_dict().items()
-            if k in self.ARCHITECTURE
-        }
+        return {k: _lists(v) for k, v in self.to_dict().items() if k in self.ARCHITECTURE}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -121,6 +133,11 @@ class TrainConfig:
 
     def replace(self, **changes: object) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _lists(value: object) -> object:
+    """Tuples (nested) as lists, as they come back from JSON."""
+    return [_lists(v) for v in value] if isinstance(value, tuple | list) else value
 
 
 PRESETS: dict[str, dict] = {

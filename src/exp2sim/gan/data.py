@@ -7,6 +7,7 @@ resumed run draws exactly the crops an uninterrupted one would.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,15 +80,67 @@ def crop_shape(crop: int, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(sides)
 
 
+def shifted_copies(spectrum: np.ndarray, shifts: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """The kernel generators' shifted taps of one spectrum (*S), NaN where masked:
+    (n_shifts, *S) float32, copy j holding at each pixel p the value at p + shifts[j], NaN
+    where that lies outside the spectrum."""
+    spectrum = np.asarray(spectrum, dtype=np.float32)
+    out = np.full((len(shifts), *spectrum.shape), np.nan, dtype=np.float32)
+    for j, shift in enumerate(shifts):
+        pairs = list(zip(shift, spectrum.shape, strict=True))
+        if any(abs(o) >= n for o, n in pairs):
+            continue  # every pixel's partner lies outside
+        dst = tuple(slice(max(0, -o), n - max(0, o)) for o, n in pairs)
+        src = tuple(slice(max(0, o), n - max(0, -o)) for o, n in pairs)
+        out[(j, *dst)] = spectrum[src]
+    return out
+
+
+def _flip_permutations(
+    shifts: tuple[tuple[int, ...], ...], flip_axes: list[int]
+) -> dict[tuple[int, ...], list[int]]:
+    """For every set of flipped axes, the order of the shifted copies after the flip: a flip
+    along an axis turns the copy shifted by o into the one shifted by -o along it, so the
+    shifts must come in such pairs."""
+    out = {}
+    for n in range(len(flip_axes) + 1):
+        for flipped in itertools.combinations(flip_axes, n):
+            mirrored = [tuple(-o if a in flipped else o for a, o in enumerate(s)) for s in shifts]
+            if set(mirrored) != set(shifts):
+                raise ValueError(
+                    f"kernel_shifts {list(shifts)} are not symmetric under flips of axis "
+                    f"{list(flipped)}: add the mirrored offsets or drop the axis from flip_axes"
+                )
+            out[flipped] = [shifts.index(m) for m in mirrored]
+    return out
+
+
 class CropSampler:
     """Random crops (and flips) of a domain's training spectra as tensors (B, 1, *crop) with
-    masked pixels set to 0, plus the masks (B, 1, *crop), True where masked."""
+    masked pixels set to 0, plus the masks (B, 1, *crop), True where masked.
 
-    def __init__(self, spectra: np.ndarray, crop: tuple[int, ...], flip_axes: tuple[int, ...]):
+    With kernel `shifts` the crops are (B, 1 + n_shifts, *crop): the spectrum, then its
+    shifted taps (`shifted_copies`, taken from the whole spectrum; NaN where missing)."""
+
+    def __init__(
+        self,
+        spectra: np.ndarray,
+        crop: tuple[int, ...],
+        flip_axes: tuple[int, ...],
+        shifts: tuple[tuple[int, ...], ...] = (),
+    ):
         self.spectra = torch.from_numpy(np.ascontiguousarray(spectra))
         self.crop = crop
         dim = spectra.ndim - 1
         self.flip_axes = sorted({a % dim for a in flip_axes})
+        self.shifts = tuple(tuple(s) for s in shifts)
+        if self.shifts:
+            self.permutations = _flip_permutations(self.shifts, self.flip_axes)
+            # NaN margins as wide as the largest offset along each axis: every shifted crop
+            # is then a plain slice
+            self.margin = [max(abs(s[a]) for s in self.shifts) for a in range(dim)]
+            pad = [(0, 0)] + [(m, m) for m in self.margin]
+            self.padded = torch.from_numpy(np.pad(spectra, pad, constant_values=np.nan))
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         shape = self.spectra.shape[1:]
@@ -100,9 +153,30 @@ class CropSampler:
             ]
             x = self.spectra[i][
                 tuple(slice(o, o + c) for o, c in zip(corner, self.crop, strict=True))
-            ]
+            ][None]
+            if self.shifts:
+                x = torch.cat([x, self._shifted(i, corner)])
             flips = [a for a in self.flip_axes if bool(torch.rand(1, generator=generator) < 0.5)]
-            out.append(x.flip(flips) if flips else x)
-        x = torch.stack(out)[:, None]
-        mask = torch.isnan(x)
-        return x.masked_fill(mask, 0.0), mask
+            if flips:
+                x = x.flip([1 + a for a in flips])
+                if self.shifts:
+                    order = self.permutations[tuple(flips)]
+                    x = torch.cat([x[:1], x[1:][order]])
+            out.append(x)
+        x = torch.stack(out)
+        mask = torch.isnan(x[:, :1])
+        return torch.cat([x[:, :1].masked_fill(mask, 0.0), x[:, 1:]], 1), mask
+
+    def _shifted(self, i: int, corner: list[int]) -> torch.Tensor:
+        """(n_shifts, *crop): spectrum i's shifted taps over the crop at `corner`."""
+        return torch.stack(
+            [
+                self.padded[i][
+                    tuple(
+                        slice(c + m + o, c + m + o + n)
+                        for c, m, o, n in zip(corner, self.margin, s, self.crop, strict=True)
+                    )
+                ]
+                for s in self.shifts
+            ]
+        )

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exp2sim.gan.config import TrainConfig
+from exp2sim.gan.data import shifted_copies
 from exp2sim.gan.layers import xavier_init
 from exp2sim.gan.losses import (
     gather_locations,
@@ -68,12 +69,23 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @torch.no_grad()
 def run_generator(
-    generator: nn.Module, z: np.ndarray, device: torch.device, precision: str
+    generator: nn.Module,
+    z: np.ndarray,
+    device: torch.device,
+    precision: str,
+    context: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Translate one normalised spectrum z (*S, no NaN) with `generator`: (*S) float32."""
-    x = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))[None, None].to(device)
+    """Translate one normalised spectrum z (*S, NaN or 0 where masked) with `generator`:
+    (*S) float32. `context`: the shifted taps (n_shifts, *S) of a generator with kernel
+    shifts, NaN where missing; None: taken from z (`data.shifted_copies`), right when z is a
+    whole spectrum, not a tile of one."""
+    if context is None and getattr(generator, "shifts", ()):
+        context = shifted_copies(z, generator.shifts)
+    tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
+    x = tensor(np.nan_to_num(z, nan=0.0))[None].to(device)
+    ctx = None if context is None else tensor(context).to(device)
     with autocast(device, precision):
-        return generator(x).float()[0, 0].cpu().numpy()
+        return generator(x, context=ctx).float()[0, 0].cpu().numpy()
 
 
 @contextlib.contextmanager
@@ -97,8 +109,8 @@ class DCLGAN(nn.Module):
         super().__init__()
         self.config, self.dim = config, dim
         c = config
-        self.G_A = ResnetGenerator(dim, c.ngf, c.n_blocks, c.kernel, sharpen=True)
-        self.G_B = ResnetGenerator(dim, c.ngf, c.n_blocks, c.kernel)
+        self.G_A = ResnetGenerator(dim, c.ngf, c.n_blocks, c.kernel, True, c.kernel_shifts)
+        self.G_B = ResnetGenerator(dim, c.ngf, c.n_blocks, c.kernel, False, c.kernel_shifts)
         self.D_A = PatchDiscriminator(dim, c.ndf, c.d_layers)
         self.D_B = PatchDiscriminator(dim, c.ndf, c.d_layers)
         channels = self.G_A.layer_channels(c.nce_layers)
@@ -181,13 +193,19 @@ class DCLGAN(nn.Module):
         generator: torch.Generator,
     ) -> dict[str, float]:
         """One discriminator and one generator update on a batch of crops (B, 1, *crop) of
-        each domain. Returns the losses as floats."""
+        each domain; with kernel shifts (B, 1 + n_shifts, *crop): the spectra and then
+        their shifted taps (`data.CropSampler`). Returns the losses as floats."""
         c, n = self.config, len(real_a)
         amp = autocast(real_a.device, c.precision)
         layers = c.nce_layers
+        ctx_a = ctx_b = None  # the shifted taps of G_A's batch [A, B] and G_B's [B, A]
+        if c.kernel_shifts:
+            ctx_a = torch.cat([real_a[:, 1:], real_b[:, 1:]])
+            ctx_b = torch.cat([real_b[:, 1:], real_a[:, 1:]])
+            real_a, real_b = real_a[:, :1], real_b[:, :1]
         with amp:
-            out_a, feats_a = self.G_A(torch.cat([real_a, real_b]), layers)
-            out_b, feats_b = self.G_B(torch.cat([real_b, real_a]), layers)
+            out_a, feats_a = self.G_A(torch.cat([real_a, real_b]), layers, context=ctx_a)
+            out_b, feats_b = self.G_B(torch.cat([real_b, real_a]), layers, context=ctx_b)
         fake_b = out_a[:n].float().masked_fill(mask_a, 0.0)
         idt_b = out_a[n:].float().masked_fill(mask_b, 0.0)
         fake_a = out_b[:n].float().masked_fill(mask_b, 0.0)

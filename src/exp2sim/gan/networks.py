@@ -76,6 +76,13 @@ class ResnetGenerator(nn.Module):
     (1 + a) x - a blur(x). The kernels act on intensities: the normalised input is mapped
     back with the source domain's scale and the result normalised with the target's
     (`set_scales`), so they do not depend on how the two domains are normalised.
+
+    `shifts` (kernel generators only) adds one tap per offset: the input at that pixel
+    offset, given to `forward` as `context` (B, n_shifts, *S), NaN where it does not exist
+    (outside the spectrum, masked), taken from the whole spectrum so that crops see it. The
+    softmax runs over the k^dim local taps and the shifted ones, so these too move intensity
+    rather than make it: in the PCSMO mosaic, the energy resolution moves 8-14 % of a
+    slice's intensity into each neighbouring slice, 40 pixels away.
     """
 
     def __init__(
@@ -85,12 +92,16 @@ class ResnetGenerator(nn.Module):
         n_blocks: int = 9,
         kernel: int = 0,
         sharpen: bool = False,
+        shifts: tuple[tuple[int, ...], ...] = (),
     ) -> None:
         super().__init__()
         if kernel < 0 or (kernel and kernel % 2 == 0):
             raise ValueError(f"kernel must be 0 or an odd number of taps, got {kernel}")
         self.dim, self.ngf, self.n_blocks = dim, ngf, n_blocks
         self.kernel, self.sharpen = kernel, sharpen
+        self.shifts = tuple(tuple(int(o) for o in s) for s in shifts)
+        if self.shifts and (not kernel or any(len(s) != dim for s in self.shifts)):
+            raise ValueError(f"shifts {self.shifts} need a kernel and {dim} offsets each")
         self.stem_conv = nn.Sequential(Pad(dim, 3), conv(dim, 1, ngf, 7))
         self.stem_act = nn.Sequential(instance_norm(dim, ngf), nn.ReLU(inplace=True))
         self.down_convs = nn.ModuleList()
@@ -114,12 +125,16 @@ class ResnetGenerator(nn.Module):
                 nn.ReLU(inplace=True),
             ]
         if kernel:
-            up += [Pad(dim, 3), conv(dim, ngf, kernel**dim + int(sharpen), 7)]
+            n_taps = kernel**dim + len(self.shifts)
+            up += [Pad(dim, 3), conv(dim, ngf, n_taps + int(sharpen), 7)]
             offsets = torch.tensor(list(itertools.product(range(kernel), repeat=dim)))
             # log-weights added to the predicted ones so that training starts near the
-            # identity: a Gaussian of 0.5 pixels around the centre tap
+            # identity: a Gaussian of 0.5 pixels around the centre tap; the shifted taps
+            # start as strong as the nearest local ones (about 8 % each: a softmax weight
+            # far smaller barely learns, its gradient being proportional to it)
             squared = ((offsets - kernel // 2) ** 2).sum(1).float()
-            self.register_buffer("prior", -2.0 * squared, persistent=False)
+            prior = torch.cat([squared, torch.ones(len(self.shifts))])
+            self.register_buffer("prior", -2.0 * prior, persistent=False)
             # s and gain of the source and then the target domain's IntensityScale
             self.register_buffer("scales", torch.ones(4))
         else:
@@ -136,17 +151,24 @@ class ResnetGenerator(nn.Module):
         x: torch.Tensor,
         layers: list[str] | tuple[str, ...] = (),
         encode_only: bool = False,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor | None, list[torch.Tensor]]:
         """Translate x of shape (B, 1, *S). With `layers`, also return those encoder
         layers' outputs (B, C_l, *S_l) as a list: the feature maps of PatchNCE, taken from
         the same pass. With `encode_only`, stop after the deepest requested layer and return
-        (None, features)."""
+        (None, features). `context`: the shifted taps (B, n_shifts, *S) of a generator with
+        `shifts`, NaN where missing (see the class docstring)."""
         names = encoder_layer_names(self.n_blocks)
         unknown = set(layers) - set(names)
         if unknown:
             raise ValueError(f"unknown encoder layers {sorted(unknown)}")
         if encode_only and not layers:
             raise ValueError("encode_only needs at least one encoder layer")
+        if self.shifts and not encode_only:
+            want = (x.shape[0], len(self.shifts), *x.shape[2:])
+            if context is None or tuple(context.shape) != want:
+                got = None if context is None else tuple(context.shape)
+                raise ValueError(f"this generator needs context of shape {want}, got {got}")
         stop = max(names.index(n) for n in layers) if encode_only else len(names)
         # each encoder stage: (name of its output, module making it, module applied after)
         stages = [("stem", self.stem_conv, self.stem_act)]
@@ -164,7 +186,7 @@ class ResnetGenerator(nn.Module):
                 h = after(h)
         y = self.decode(h)[(slice(None), slice(None), *crop)]
         if self.kernel:
-            y = self.apply_kernels(x, y)
+            y = self.apply_kernels(x, y, context)
         if layers:
             return y, [feats[n] for n in layers]
         return y
@@ -175,21 +197,35 @@ class ResnetGenerator(nn.Module):
             values = [source.s, source.gain, target.s, target.gain]
             self.scales.copy_(torch.tensor(values, dtype=self.scales.dtype))
 
-    def apply_kernels(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def apply_kernels(
+        self, x: torch.Tensor, logits: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The output of a kernel generator: x (B, 1, *S) normalised in the source domain,
-        logits (B, k^dim [+ 1], *S) from the head -> (B, 1, *S) normalised in the target
-        domain. Edges are extended by replication; masked pixels (0) count as empty."""
-        k, taps = self.kernel, self.kernel**self.dim
+        logits (B, k^dim + n_shifts [+ 1], *S) from the head, context (B, n_shifts, *S) as
+        in `forward` -> (B, 1, *S) normalised in the target domain. Edges are extended by
+        replication; masked pixels (0) count as empty; missing context taps get no weight."""
+        k, local = self.kernel, self.kernel**self.dim
+        taps = local + len(self.shifts)
         # 0-d tensors, not Python floats: no device-to-host copy on a GPU every pass
         s_source, gain_source, s_target, gain_target = self.scales
-        intensity = s_source * torch.sinh(gain_source * x.float())
-        shape = (1, taps) + (1,) * self.dim
-        weights = torch.softmax(logits[:, :taps].float() + self.prior.view(shape), dim=1)
+        to_intensity = lambda z: s_source * torch.sinh(gain_source * z.float())  # noqa: E731
+        intensity = to_intensity(x)
+        tap_logits = logits[:, :taps].float() + self.prior.view((1, taps) + (1,) * self.dim)
+        if self.shifts:
+            missing = torch.isnan(context)
+            shifted = to_intensity(context.masked_fill(missing, 0.0))
+            tap_logits = torch.cat(
+                [tap_logits[:, :local], tap_logits[:, local:].masked_fill(missing, -torch.inf)],
+                dim=1,
+            )
+        weights = torch.softmax(tap_logits, dim=1)
         padded = F.pad(intensity, [k // 2] * (2 * self.dim), mode="replicate")
         out = torch.zeros_like(intensity)
         for tap, offset in enumerate(itertools.product(range(k), repeat=self.dim)):
             region = tuple(slice(o, o + n) for o, n in zip(offset, x.shape[2:], strict=True))
             out = out + weights[:, tap : tap + 1] * padded[(slice(None), slice(None), *region)]
+        if self.shifts:
+            out = out + (weights[:, local:] * shifted).sum(1, keepdim=True)
         if self.sharpen:
             amount = F.softplus(logits[:, taps:].float() - 2.0)  # starts near 0.13
             out = (1 + amount) * intensity - amount * out

@@ -141,8 +141,8 @@ class Trainer:
         self.opt_g, self.opt_d = self.model.optimisers()
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         self.samplers = (
-            CropSampler(data.a.train, data.crop, config.flip_axes),
-            CropSampler(data.b.train, data.crop, config.flip_axes),
+            CropSampler(data.a.train, data.crop, config.flip_axes, config.kernel_shifts),
+            CropSampler(data.b.train, data.crop, config.flip_axes, config.kernel_shifts),
         )
         self.epoch, self.iteration = 0, 0
         self.history: list[dict] = []
@@ -382,10 +382,7 @@ class Trainer:
             if direction == "a2b"
             else (self.model.G_B, self.data.b.val)
         )
-        out = [
-            run_generator(gen, np.nan_to_num(s, nan=0.0), self.device, self.config.precision)
-            for s in src
-        ]
+        out = [run_generator(gen, s, self.device, self.config.precision) for s in src]
         return src, np.where(np.isnan(src), np.nan, np.array(out))
 
     def evaluate(self) -> dict[str, float]:

@@ -43,6 +43,7 @@ import torch
 from exp2sim.allocator import keep_freed_memory
 from exp2sim.gan.checkpoint import load_state, read_info
 from exp2sim.gan.config import TrainConfig
+from exp2sim.gan.data import shifted_copies
 from exp2sim.gan.model import run_generator
 from exp2sim.gan.networks import ResnetGenerator
 from exp2sim.gan.normalisation import IntensityScale, LevelMatch
@@ -134,7 +135,12 @@ class Translator:
             k[len(name) + 1 :]: v for k, v in state[part].items() if k.startswith(name + ".")
         }
         generator = ResnetGenerator(
-            info["data"]["dim"], config.ngf, config.n_blocks, config.kernel, sharpen=name == "G_A"
+            info["data"]["dim"],
+            config.ngf,
+            config.n_blocks,
+            config.kernel,
+            sharpen=name == "G_A",
+            shifts=config.kernel_shifts,
         )
         try:
             generator.load_state_dict(weights)
@@ -177,7 +183,7 @@ class Translator:
         out = np.empty_like(spectra)
         factors = np.ones(len(spectra)) if self.match is None else self.match.factors(spectra)
         for i, (s, factor) in enumerate(zip(spectra, factors, strict=True)):
-            z = np.nan_to_num(self.source.transform(s * factor), nan=0.0)
+            z = self.source.transform(s * factor)  # NaN where masked
             y = self.target.inverse(self._translate(z)) / factor
             out[i] = np.where(np.isnan(s), np.nan, y)
         return out
@@ -193,14 +199,23 @@ class Translator:
         side = max(16, side - side % 4)
         return tuple(min(side, s) for s in shape)
 
-    def _run(self, z: np.ndarray) -> np.ndarray:
-        return run_generator(self.generator, z, self.device, self.precision)
+    def _run(self, z: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
+        return run_generator(self.generator, z, self.device, self.precision, context)
 
     def _translate(self, z: np.ndarray) -> np.ndarray:
-        """Normalised spectrum (*S) -> translated (*S), tiled when large."""
+        """Normalised spectrum (*S, NaN where masked) -> translated (*S), tiled when
+        large."""
         tile = self.tile_shape(z.shape)
         if tile == z.shape:
             return self._run(z)
+        # kernel shifts reach across tiles: their taps come from the whole spectrum
+        shifts = self.generator.shifts
+        context = shifted_copies(z, shifts) if shifts else None
+
+        def run(region: tuple[slice, ...]) -> np.ndarray:
+            taps = None if context is None else context[(slice(None), *region)]
+            return self._run(z[region], taps)
+
         overlaps = [int(self.overlap * t) for t in tile]
         axes = [tile_starts(s, t, o) for s, t, o in zip(z.shape, tile, overlaps, strict=True)]
         owned = [owned_ranges(s, t, size) for s, t, size in zip(axes, tile, z.shape, strict=True)]
@@ -222,7 +237,7 @@ class Translator:
                 for region, core in tiles:
                     stats.core = core
                     try:
-                        self._run(z[region])
+                        run(region)
                     except _StopForward:
                         pass
                 stats.freeze()
@@ -234,7 +249,7 @@ class Translator:
             acc = np.zeros(z.shape)
             weight = np.zeros(z.shape)
             for region, _ in tiles:
-                acc[region] += w_tile * self._run(z[region])
+                acc[region] += w_tile * run(region)
                 weight[region] += w_tile
         return (acc / weight).astype(np.float32)
 
