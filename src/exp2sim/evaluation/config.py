@@ -128,7 +128,8 @@ PRESETS: dict[str, dict] = {
             # Kernel generators (gan/networks.py): a per-pixel blur / unsharp mask of the
             # input instead of a drawn image. Seeds 0-2 on the demo's data and classifiers,
             # without / with (7 taps): PSNR deconvolution 25.4-25.7 / 30.1-30.3 dB (Richardson-
-            # Lucy 30.1), convolution 25.7-26.0 / 27.5-28.5 dB (Gaussian blur 27.3);
+            # Lucy 30.1 in-plane, 31.2 with the energy slices), convolution 25.7-26.0 /
+            # 27.5-28.5 dB (Gaussian blur 27.3 in-plane, 30.8 with the energy slices);
             # accuracy on GAN-deconvolved 91.2-92.5 / 98.8-100 %, on GAN-convolved
             # 78.8-91.2 / 87.5-90.0 %. The applicability measure on their encoders separates
             # photographs less well (ROC AUC 0.981-0.989 against 0.999; docs/measurements.md).
