@@ -13,13 +13,13 @@ meV), on a grid of tiles:
 - cut (E): sigma_E per energy bin.
 
 The mosaic's energy resolution (r.m.s. 0.20-0.34 of a slice's width) moves 8-14 % of a
-slice's intensity into each neighbouring slice, at the same (h, k). Left out, the blur
-misses what tells the PCSMO models apart in resolution-convolved mosaics: on 80 test mosaics
-of the demo (Goodenough and Dimer near their best fits) the classifier trained on convolved
-spectra recognised 88.8 % after the in-plane blur alone, 96.2 % with the slices mixed, as
-many as of the simulated convolved ones (relative r.m.s. difference to those: 0.47 and
-0.32). The slices hold the energy-integrated intensity of their bins, so the mixing weights
-are those of a uniform bin under a Gaussian (`bin_transfer`), not a sampled Gaussian.
+slice's intensity into each neighbouring slice, at the same (h, k). On 80 test mosaics of
+the demo (Goodenough and Dimer near their best fits) the relative r.m.s. difference to the
+Monte Carlo-convolved spectra fell from 0.47 (in-plane blur alone) to 0.32; one classifier
+trained on convolved spectra (demo27's) recognised 88.8 % and 96.2 % of the two (96.2 % of
+the Monte Carlo ones), another (demo29's, trained longer) 81.2 % of both. The slices hold
+the energy-integrated intensity of their bins, so the mixing weights are those of a
+uniform bin under a Gaussian (`bin_transfer`), not a sampled Gaussian.
 
 Along an axis where the widths change from bin to bin (the energy axis of volumes and cuts)
 the blur is exact, not piecewise: output bin i is a Gaussian average with the width of bin i
