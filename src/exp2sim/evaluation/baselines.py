@@ -41,6 +41,7 @@ they sum to one, and sigma = 0 is the identity.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -263,6 +264,24 @@ class ResolutionBlur:
             sig = sig[..., :, None, None]
         return discrete_gaussian(offsets, sig)
 
+    @cached_property
+    def _matrices(self) -> tuple[np.ndarray, ...]:
+        """`kernel(axis)` of every axis as (batch, L, L), computed once: Richardson-Lucy
+        applies the blur twice per iteration (the kernels were 43 % of its time on 8
+        mosaics when recomputed each time)."""
+        return tuple(self.kernel(a).reshape(-1, t, t) for a, t in enumerate(self.tile))
+
+    @cached_property
+    def _slice_weights(self) -> dict[int, np.ndarray]:
+        """bin_transfer(d, slice_sigma) for every offset d the mixing reaches, shaped to
+        broadcast over (n, *grid, *tile)."""
+        n_slices = self.grid[self.slice_axis]
+        reach = min(int(np.ceil(4 * self.slice_sigma.max())) + 1, n_slices - 1)
+        shape = (1, *self.grid) + (1,) * self.ndim
+        return {
+            d: bin_transfer(d, self.slice_sigma).reshape(shape) for d in range(-reach, reach + 1)
+        }
+
     def apply_tiles(self, tiles: np.ndarray, transpose: bool = False) -> np.ndarray:
         """Blur (n, *grid, *tile) tiles, zero outside each tile (not normalised there),
         then mix neighbouring tiles along `slice_axis` (zero beyond the grid). `transpose`:
@@ -279,7 +298,7 @@ class ResolutionBlur:
         first = [] if self.vary_axis is None else [self.vary_axis]
         axes = first + [a for a in range(d) if a not in first]
         for axis in reversed(axes) if transpose else axes:
-            k = self.kernel(axis)
+            k = self._matrices[axis]
             if transpose:
                 k = np.swapaxes(k, -1, -2)
             length = self.tile[axis]
@@ -291,7 +310,7 @@ class ResolutionBlur:
             order = batch + [rows] + rest
             moved = out.transpose(order)
             flat = moved.reshape(-1, length, int(np.prod(moved.shape[len(batch) + 1 :])))
-            product = k.reshape(-1, length, length) @ flat
+            product = k @ flat
             out = product.reshape(moved.shape).transpose(np.argsort(order))
         if not transpose and self.slice_axis is not None:
             out = self.mix_slices(out)
@@ -303,11 +322,8 @@ class ResolutionBlur:
         energy width); `transpose`: the transposed operation."""
         axis = 1 + self.slice_axis
         n_slices = tiles.shape[axis]
-        reach = min(int(np.ceil(4 * self.slice_sigma.max())) + 1, n_slices - 1)
-        shape = (1, *self.grid) + (1,) * self.ndim
         out = np.zeros_like(tiles)
-        for d in range(-reach, reach + 1):
-            w = bin_transfer(d, self.slice_sigma).reshape(shape)
+        for d, w in self._slice_weights.items():
             src = [slice(None)] * tiles.ndim
             dst = [slice(None)] * tiles.ndim
             src[axis] = slice(max(0, -d), n_slices - max(0, d))
