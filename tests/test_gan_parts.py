@@ -164,6 +164,44 @@ def test_crops_carry_shifted_taps_from_the_whole_spectrum():
     assert np.isnan(taps[1][:, 30:]).all() and np.isnan(taps[0][:, :10]).all()
 
 
+def test_tiled_translation_takes_shifted_taps_from_the_whole_spectrum(monkeypatch):
+    """A spectrum too large for one pass is translated in tiles; each tile's shifted taps
+    must be the whole spectrum's (partners beyond the tile included), not the tile's own."""
+    from exp2sim.gan.translate import Translator
+
+    torch.manual_seed(0)
+    g = ResnetGenerator(2, ngf=4, n_blocks=1, kernel=3, shifts=((0, -24), (0, 24)))
+    scale = IntensityScale(q=1.0)
+    g.set_scales(scale, scale)
+    translator = Translator(g, scale, scale, max_voxels=48 * 48)
+    x = np.random.default_rng(0).random((48, 96)).astype(np.float32)
+    x[5, 70] = np.nan
+    calls = []
+    run = translator._run
+    monkeypatch.setattr(
+        translator, "_run", lambda z, taps=None: calls.append((z, taps)) or run(z, taps)
+    )
+    y = translator(x)
+    assert np.isnan(y[5, 70]) and np.isfinite(np.delete(y.ravel(), 5 * 96 + 70)).all()
+    z = scale.transform(x)
+    expected = shifted_copies(z, g.shifts)
+    tiles = [(zt, taps) for zt, taps in calls if zt.shape != z.shape]
+    assert tiles and all(taps is not None for _, taps in tiles)
+    h, w = tiles[0][0].shape
+    for zt, taps in tiles:
+        corners = [
+            (i, j)
+            for i in range(49 - h)
+            for j in range(97 - w)
+            if np.array_equal(z[i : i + h, j : j + w], zt, equal_nan=True)
+        ]
+        assert len(corners) == 1
+        i, j = corners[0]
+        np.testing.assert_array_equal(taps, expected[:, i : i + h, j : j + w])
+    # some tiles' taps reach beyond the tile: the case a tile-local copy would get wrong
+    assert any(np.isfinite(taps[1][:, -24:]).any() for _, taps in tiles)
+
+
 def test_kernel_generator_starts_near_the_identity():
     """Initialised like every other generator (xavier, gain 0.02), a kernel generator's
     first output is close to its input (a narrow centre-weighted kernel), so training starts

@@ -136,11 +136,6 @@ class CropSampler:
         self.shifts = tuple(tuple(s) for s in shifts)
         if self.shifts:
             self.permutations = _flip_permutations(self.shifts, self.flip_axes)
-            # NaN margins as wide as the largest offset along each axis: every shifted crop
-            # is then a plain slice
-            self.margin = [max(abs(s[a]) for s in self.shifts) for a in range(dim)]
-            pad = [(0, 0)] + [(m, m) for m in self.margin]
-            self.padded = torch.from_numpy(np.pad(spectra, pad, constant_values=np.nan))
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         shape = self.spectra.shape[1:]
@@ -151,11 +146,11 @@ class CropSampler:
                 int(torch.randint(s - c + 1, (1,), generator=generator))
                 for s, c in zip(shape, self.crop, strict=True)
             ]
-            x = self.spectra[i][
-                tuple(slice(o, o + c) for o, c in zip(corner, self.crop, strict=True))
-            ][None]
-            if self.shifts:
-                x = torch.cat([x, self._shifted(i, corner)])
+            window = tuple(slice(o, o + c) for o, c in zip(corner, self.crop, strict=True))
+            x = self.spectra[i][window][None]
+            if self.shifts:  # taken from the whole spectrum, then cropped
+                taps = shifted_copies(self.spectra[i].numpy(), self.shifts)
+                x = torch.cat([x, torch.from_numpy(taps[(slice(None), *window)])])
             flips = [a for a in self.flip_axes if bool(torch.rand(1, generator=generator) < 0.5)]
             if flips:
                 x = x.flip([1 + a for a in flips])
@@ -166,17 +161,3 @@ class CropSampler:
         x = torch.stack(out)
         mask = torch.isnan(x[:, :1])
         return torch.cat([x[:, :1].masked_fill(mask, 0.0), x[:, 1:]], 1), mask
-
-    def _shifted(self, i: int, corner: list[int]) -> torch.Tensor:
-        """(n_shifts, *crop): spectrum i's shifted taps over the crop at `corner`."""
-        return torch.stack(
-            [
-                self.padded[i][
-                    tuple(
-                        slice(c + m + o, c + m + o + n)
-                        for c, m, o, n in zip(corner, self.margin, s, self.crop, strict=True)
-                    )
-                ]
-                for s in self.shifts
-            ]
-        )

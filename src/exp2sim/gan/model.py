@@ -69,7 +69,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @torch.no_grad()
 def run_generator(
-    generator: nn.Module,
+    generator: ResnetGenerator,
     z: np.ndarray,
     device: torch.device,
     precision: str,
@@ -79,11 +79,14 @@ def run_generator(
     (*S) float32. `context`: the shifted taps (n_shifts, *S) of a generator with kernel
     shifts, NaN where missing; None: taken from z (`data.shifted_copies`), right when z is a
     whole spectrum, not a tile of one."""
-    if context is None and getattr(generator, "shifts", ()):
+    if context is None and generator.shifts:
         context = shifted_copies(z, generator.shifts)
-    tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
-    x = tensor(np.nan_to_num(z, nan=0.0))[None].to(device)
-    ctx = None if context is None else tensor(context).to(device)
+
+    def batch(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
+
+    x = batch(np.nan_to_num(z, nan=0.0)[None])
+    ctx = None if context is None else batch(context)
     with autocast(device, precision):
         return generator(x, context=ctx).float()[0, 0].cpu().numpy()
 
