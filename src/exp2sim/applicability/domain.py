@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 
 VERDICTS = ("trustworthy", "expert opinion", "untrustworthy")
 FORMAT = "exp2sim-applicability"
-VERSION = 3  # 2: inputs and training features matched to the training intensity level;
-# 3: texture blocks at three encoder depths in place of the last block's means and deviations
+VERSION = 4  # 2: inputs and training features matched to the training intensity level;
+# 3: texture blocks at three encoder depths in place of the last block's means and deviations;
+# 4: texture as log deviations, and at the stem too
 
 
 @dataclass(frozen=True)
