@@ -131,8 +131,9 @@ PRESETS: dict[str, dict] = {
             # Lucy 30.1 in-plane, 31.2 with the energy slices), convolution 25.7-26.0 /
             # 27.5-28.5 dB (Gaussian blur 27.3 in-plane, 30.8 with the energy slices);
             # accuracy on GAN-deconvolved 91.2-92.5 / 98.8-100 %, on GAN-convolved
-            # 78.8-91.2 / 87.5-90.0 %. The applicability measure on their encoders separates
-            # photographs less well (ROC AUC 0.981-0.989 against 0.999; docs/measurements.md).
+            # 78.8-91.2 / 87.5-90.0 %. On their encoders the applicability measure needs the
+            # stem's texture block (version 4) to separate photographs (ROC AUC 0.981-0.989
+            # without it, 0.999 with it; applicability/features.py).
             "kernel": 7,
             "lr": 5e-4,
             "epochs": 6,
