@@ -162,6 +162,9 @@ def test_crops_carry_shifted_taps_from_the_whole_spectrum():
     taps = shifted_copies(spectra[0], shifts)
     np.testing.assert_array_equal(taps[1][:, :30], spectra[0][:, 10:])
     assert np.isnan(taps[1][:, 30:]).all() and np.isnan(taps[0][:, :10]).all()
+    for window in ((slice(2, 9), slice(0, 16)), (slice(4, 12), slice(20, 40))):  # at edges
+        part = shifted_copies(spectra[0], shifts, window)
+        np.testing.assert_array_equal(part, taps[(slice(None), *window)])
 
 
 def test_tiled_translation_takes_shifted_taps_from_the_whole_spectrum(monkeypatch):

@@ -48,7 +48,7 @@ VERDICTS = ("trustworthy", "expert opinion", "untrustworthy")
 FORMAT = "exp2sim-applicability"
 VERSION = 4  # 2: inputs and training features matched to the training intensity level;
 # 3: texture blocks at three encoder depths in place of the last block's means and deviations;
-# 4: texture as log deviations, and at the stem too
+# 4: a fourth texture block, the stem's, as log deviations
 
 
 @dataclass(frozen=True)

@@ -80,18 +80,30 @@ def crop_shape(crop: int, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(sides)
 
 
-def shifted_copies(spectrum: np.ndarray, shifts: tuple[tuple[int, ...], ...]) -> np.ndarray:
+def shifted_copies(
+    spectrum: np.ndarray,
+    shifts: tuple[tuple[int, ...], ...],
+    window: tuple[slice, ...] | None = None,
+) -> np.ndarray:
     """The kernel generators' shifted taps of one spectrum (*S), NaN where masked:
-    (n_shifts, *S) float32, copy j holding at each pixel p the value at p + shifts[j], NaN
-    where that lies outside the spectrum."""
+    (n_shifts, *W) float32 for the pixels p of `window` (slices with explicit bounds; None:
+    the whole spectrum), copy j holding at p the value at p + shifts[j], which may lie
+    outside the window; NaN where it lies outside the spectrum."""
     spectrum = np.asarray(spectrum, dtype=np.float32)
-    out = np.full((len(shifts), *spectrum.shape), np.nan, dtype=np.float32)
+    shape = spectrum.shape
+    window = window or tuple(slice(0, n) for n in shape)
+    out = np.full((len(shifts), *(w.stop - w.start for w in window)), np.nan, dtype=np.float32)
     for j, shift in enumerate(shifts):
-        pairs = list(zip(shift, spectrum.shape, strict=True))
-        if any(abs(o) >= n for o, n in pairs):
+        # the partners p + o of the window's pixels that lie inside the spectrum
+        lo = [max(w.start + o, 0) for w, o in zip(window, shift, strict=True)]
+        hi = [min(w.stop + o, n) for w, o, n in zip(window, shift, shape, strict=True)]
+        if any(a >= b for a, b in zip(lo, hi, strict=True)):
             continue  # every pixel's partner lies outside
-        dst = tuple(slice(max(0, -o), n - max(0, o)) for o, n in pairs)
-        src = tuple(slice(max(0, o), n - max(0, -o)) for o, n in pairs)
+        src = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        dst = tuple(
+            slice(a - o - w.start, b - o - w.start)
+            for a, b, o, w in zip(lo, hi, shift, window, strict=True)
+        )
         out[(j, *dst)] = spectrum[src]
     return out
 
@@ -148,9 +160,9 @@ class CropSampler:
             ]
             window = tuple(slice(o, o + c) for o, c in zip(corner, self.crop, strict=True))
             x = self.spectra[i][window][None]
-            if self.shifts:  # taken from the whole spectrum, then cropped
-                taps = shifted_copies(self.spectra[i].numpy(), self.shifts)
-                x = torch.cat([x, torch.from_numpy(taps[(slice(None), *window)])])
+            if self.shifts:  # partners beyond the crop included
+                taps = shifted_copies(self.spectra[i].numpy(), self.shifts, window)
+                x = torch.cat([x, torch.from_numpy(taps)])
             flips = [a for a in self.flip_axes if bool(torch.rand(1, generator=generator) < 0.5)]
             if flips:
                 x = x.flip([1 + a for a in flips])

@@ -208,7 +208,10 @@ class ResnetGenerator(nn.Module):
         taps = local + len(self.shifts)
         # 0-d tensors, not Python floats: no device-to-host copy on a GPU every pass
         s_source, gain_source, s_target, gain_target = self.scales
-        to_intensity = lambda z: s_source * torch.sinh(gain_source * z.float())  # noqa: E731
+
+        def to_intensity(z: torch.Tensor) -> torch.Tensor:
+            return s_source * torch.sinh(gain_source * z.float())
+
         intensity = to_intensity(x)
         tap_logits = logits[:, :taps].float() + self.prior.view((1, taps) + (1,) * self.dim)
         if self.shifts:

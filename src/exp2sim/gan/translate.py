@@ -208,12 +208,11 @@ class Translator:
         tile = self.tile_shape(z.shape)
         if tile == z.shape:
             return self._run(z)
-        # kernel shifts reach across tiles: their taps come from the whole spectrum
         shifts = self.generator.shifts
-        context = shifted_copies(z, shifts) if shifts else None
 
         def run(region: tuple[slice, ...]) -> np.ndarray:
-            taps = None if context is None else context[(slice(None), *region)]
+            # kernel shifts reach across tiles: their taps come from the whole spectrum
+            taps = shifted_copies(z, shifts, region) if shifts else None
             return self._run(z[region], taps)
 
         overlaps = [int(self.overlap * t) for t in tile]
