@@ -37,7 +37,10 @@ ParamsOpt = Annotated[
     str | None, typer.Option(help="Comma-separated parameters in the model's order.")
 ]
 KindOpt = Annotated[str, typer.Option(help="mosaic, volume or cut.")]
-ResolutionOpt = Annotated[str, typer.Option(help="none, gaussian or montecarlo.")]
+ResolutionOpt = Annotated[
+    str,
+    typer.Option(help="none, bins (each bin's extent, no instrument), gaussian or montecarlo."),
+]
 EiOpt = Annotated[float, typer.Option(help="Incident energy (meV) of volumes and cuts.")]
 FrequencyOpt = Annotated[float, typer.Option(help="Fermi chopper frequency (Hz).")]
 NmcOpt = Annotated[int, typer.Option(help="Integration points per bin (convolved spectra).")]

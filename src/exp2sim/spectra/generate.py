@@ -31,7 +31,7 @@ from exp2sim.allocator import restore_adaptive_thresholds
 from exp2sim.fileio import atomic_path, write_text_atomic
 
 KINDS = ("mosaic", "volume", "cut")
-RESOLUTIONS = ("none", "gaussian", "montecarlo")
+RESOLUTIONS = ("none", "bins", "gaussian", "montecarlo")
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,9 @@ class SimulationConfig:
     """One dataset-generation job (saved with its output).
 
     model: built-in name or TOML path; n: number of spectra; kind: mosaic, volume or cut;
-    resolution: none, gaussian or montecarlo; seed: seeds the parameter draws; n_mc:
-    integration points per bin of convolved spectra (the nearest square number is used);
+    resolution: none, bins (averaged over each bin's extent, no instrument), gaussian or
+    montecarlo; seed: seeds the parameter draws; n_mc: integration points per bin of all
+    but unconvolved spectra (the nearest square number is used);
     ei, frequency: incident energy (meV) and Fermi chopper frequency (Hz) of a volume or
     cut; chunk: spectra per task; shape: (n_h, n_k, n_e) bins of a volume (() = 60^3);
     spread: draw each parameter from this fraction of its training range, centred on the
