@@ -220,6 +220,12 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
         assert key in m
     for table in ("accuracy_classifier_unconvolved", "accuracy_classifier_convolved"):
         assert all(0.0 <= v <= 1.0 for v in m[table].values())
+    # the bins-only reference: its own paired test spectra, a row and a fidelity
+    from exp2sim.evaluation.pipeline import BINS_ROW
+
+    assert BINS_ROW in m["accuracy_classifier_convolved"]
+    assert "gap_closed_convolution_bins" in m
+    assert np.isfinite(m["fidelity_convolution"][BINS_ROW]["psnr"])
     assert set(m["applicability"]) >= {"digits", "photographs", "Rb2MnF4", "negative control"}
     for fractions in m["known_fraction"].values():
         assert set(fractions) == set(m["applicability"]) - {"training set"}

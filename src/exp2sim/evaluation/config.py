@@ -32,6 +32,9 @@ class EvaluationConfig:
         GAN domain A), drawn with another seed, so the GAN's two domains are unpaired;
       n_test: test spectra, each simulated with and without resolution (paired).
     n_mc: integration points per bin of convolved spectra. seed: seeds every draw.
+    reference_bins: also simulate the test spectra averaged over each bin's extent
+      without the instrument (resolution "bins"), a reference row in the convolution
+      tables: how much of the gap the bins' size alone makes (about 1 s per mosaic).
     spread: the PCSMO models' parameters are drawn from this fraction of each training
       range, centred on the model's best fit (1 = the full ranges of DESIGN.md; see
       `SpinModel.around_best_fit`). The out-of-distribution magnets always use full ranges.
@@ -50,6 +53,7 @@ class EvaluationConfig:
     n_train_convolved: int = 40
     n_test: int = 25
     n_mc: int = 4
+    reference_bins: bool = True
     spread: float = 1.0
     seed: int = 0
     workers: int = 0  # local Dask workers (0: one per core)

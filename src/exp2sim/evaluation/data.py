@@ -148,7 +148,8 @@ def build_datasets(
     progress: Progress | None = None,
 ) -> dict[str, Labelled]:
     """Simulate (or reuse) the four datasets: train, train_convolved, test,
-    test_convolved (the last two paired row by row); every model's jobs at once."""
+    test_convolved (the last two paired row by row), and test_bins (paired too) if
+    cfg.reference_bins; every model's jobs at once."""
     folder.mkdir(parents=True, exist_ok=True)
     seeds = {"train": 10 * cfg.seed + 1, "train_convolved": 10 * cfg.seed + 2}
     test_seed = 10 * cfg.seed + 3
@@ -157,7 +158,7 @@ def build_datasets(
         ("train_convolved", "montecarlo", cfg.n_train_convolved, seeds["train_convolved"]),
         ("test", "none", cfg.n_test, test_seed),
         ("test_convolved", "montecarlo", cfg.n_test, test_seed),
-    )
+    ) + ((("test_bins", "bins", cfg.n_test, test_seed),) if cfg.reference_bins else ())
     jobs = []
     for model in cfg.models:
         stem = Path(model).stem
