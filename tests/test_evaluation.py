@@ -98,6 +98,13 @@ def test_changed_config_refuses_an_existing_report(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**saved, "gan_iterations": 0}))
     check_config(EvaluationConfig(), tmp_path)
+    # ... or lack a field added since: fine at its default, a change otherwise
+    older = {k: v for k, v in saved.items() if k != "reference_bins"}
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    check_config(EvaluationConfig(), tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    with pytest.raises(ValueError, match="differs in reference_bins"):
+        check_config(EvaluationConfig(reference_bins=False), tmp_path)
 
 
 def test_config_problems_are_found_before_any_work(tmp_path):
