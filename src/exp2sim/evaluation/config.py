@@ -34,7 +34,8 @@ class EvaluationConfig:
     n_mc: integration points per bin of convolved spectra. seed: seeds every draw.
     reference_bins: also simulate the test spectra averaged over each bin's extent
       without the instrument (resolution "bins"), a reference row in the convolution
-      tables: how much of the gap the bins' size alone makes (about 1 s per mosaic).
+      tables: how much of the gap the bins' size alone makes (demo31: 80 mosaics added
+      25 s to the simulation stage on 2 cores).
     spread: the PCSMO models' parameters are drawn from this fraction of each training
       range, centred on the model's best fit (1 = the full ranges of DESIGN.md; see
       `SpinModel.around_best_fit`). The out-of-distribution magnets always use full ranges.

@@ -158,7 +158,9 @@ def build_datasets(
         ("train_convolved", "montecarlo", cfg.n_train_convolved, seeds["train_convolved"]),
         ("test", "none", cfg.n_test, test_seed),
         ("test_convolved", "montecarlo", cfg.n_test, test_seed),
-    ) + ((("test_bins", "bins", cfg.n_test, test_seed),) if cfg.reference_bins else ())
+    )
+    if cfg.reference_bins:
+        splits += (("test_bins", "bins", cfg.n_test, test_seed),)
     jobs = []
     for model in cfg.models:
         stem = Path(model).stem

@@ -116,8 +116,9 @@ def check_config(cfg: EvaluationConfig, out: Path) -> None:
         for name, default in REMOVED_FIELDS.items():  # reports of earlier versions
             if saved.get(name, default) == default:
                 saved.pop(name, None)
+        defaults = json.loads(json.dumps(EvaluationConfig().to_dict()))
         for name in now.keys() - saved.keys():  # fields added since, at their default
-            if now[name] == getattr(EvaluationConfig(), name):
+            if now[name] == defaults[name]:
                 saved[name] = now[name]
         if saved != now:
             changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
@@ -357,6 +358,8 @@ def run_evaluation(
             "classifier (convolved)",
         )
     test, test_conv = data["test"], data["test_convolved"]
+    # a reference, not a method: the test spectra bins-only, exact, from the model
+    references = {BINS_ROW: data["test_bins"].signal} if "test_bins" in data else {}
     with stages.stage("Translating the test set and the baselines"):
         exp2sim = Translator.from_run(gan_run, "exp2sim", device=cfg.device)
         sim2exp = Translator.from_run(gan_run, "sim2exp", device=cfg.device)
@@ -378,8 +381,8 @@ def run_evaluation(
             "GAN-convolved": cls_convolved.predict(convolved) == test.labels,
             "Gaussian blur": cls_convolved.predict(blurred) == test.labels,
         }
-        if "test_bins" in data:  # a reference, not a method: exact, from the model
-            correct_rev[BINS_ROW] = cls_convolved.predict(data["test_bins"].signal) == test.labels
+        for name, x in references.items():
+            correct_rev[name] = cls_convolved.predict(x) == test.labels
         forward = {k: float(v.mean()) for k, v in correct_fwd.items()}
         reverse = {k: float(v.mean()) for k, v in correct_rev.items()}
         # does either classifier call the out-of-distribution inputs "none of the known"?
@@ -412,7 +415,7 @@ def run_evaluation(
         )
         fid_conv = fidelity(
             {"GAN": convolved, "Gaussian blur": blurred, "unconvolved input": test.signal}
-            | ({BINS_ROW: data["test_bins"].signal} if "test_bins" in data else {}),
+            | references,
             test_conv.signal,
         )
     with stages.stage("Applicability"):

@@ -69,8 +69,8 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
             "extent with no instrument at all (exact, from the spin-wave model) close "
             f"{_pct(m['gap_closed_convolution_bins'])} of this gap. The unconvolved spectra "
             "are taken at each bin's centre: a steep mode lights a bin only where its centre "
-            "falls in the energy slice. Averaging over the bin fills those gaps, which no "
-            "blur by the instrument's resolution widths (below a bin here) can do.",
+            "falls in the energy slice; averaging over the bin fills those gaps. Compare "
+            "this row with the Gaussian blur's.",
             "",
         ]
     out += [
