@@ -28,6 +28,7 @@ from exp2sim.applicability.sinkhorn import (
 )
 from exp2sim.cli import app
 from exp2sim.gan.checkpoint import load_state, read_info, save_state
+from exp2sim.gan.fold import TileFold
 from exp2sim.gan.networks import ResnetGenerator
 from exp2sim.gan.normalisation import IntensityScale
 from exp2sim.gan.synthetic import blur, sharp_spectra
@@ -238,6 +239,36 @@ def test_stem_texture_measures_contrast_as_a_ratio_and_deeper_blocks_ignore_it()
     assert np.allclose(blank[0, stem], np.log(TEXTURE_FLOOR))
 
 
+def test_features_of_a_folded_spectrum_describe_all_its_volumes():
+    """A volume-view generator (gan/fold.py) sees a 2 x 8-tile mosaic as 2 volumes: one
+    feature vector per mosaic, whose texture statistics are taken over both volumes
+    together (the stem block equals the log-deviation over both, computed by hand) and
+    whose layout holds each volume's cells in turn (swapping the mosaic's two rows of tiles
+    leaves the texture and changes the layout). A mosaic of another number of rows is
+    refused."""
+    torch.manual_seed(3)
+    g = ResnetGenerator(3, ngf=4, n_blocks=2)
+    fold = TileFold((16, 16), pad=4)
+    x = blur(sharp_spectra(3, (32, 128), seed=4, mask_fraction=0.2), 1.0)
+    settings = FeatureSettings.for_shape((32, 128), dim=40, fold=fold)
+    assert settings.volumes == 2 and len(settings.grid) == 3
+    extractor = FeatureExtractor(g, None, settings, fold=fold)
+    f = extractor.normalised(x)
+    assert f.shape == (3, extractor.n_features) and np.isfinite(f).all()
+    with torch.no_grad():
+        volumes = torch.from_numpy(np.nan_to_num(fold.fold(x[:1])))[:, None]
+        _, (stem,) = g(volumes, ["stem"], encode_only=True)
+    by_hand = stem.transpose(0, 1).reshape(stem.shape[1], -1).std(-1, unbiased=False).log()
+    np.testing.assert_allclose(f[0, : extractor.blocks[0]], by_hand.numpy(), rtol=1e-4)
+    swapped = np.concatenate([x[:, 16:], x[:, :16]], axis=1)
+    g_swapped = extractor.normalised(swapped)
+    n = sum(extractor.blocks[:4])
+    np.testing.assert_allclose(g_swapped[:, :n], f[:, :n], rtol=1e-4, atol=1e-5)
+    assert np.abs(g_swapped[:, n:] - f[:, n:]).max() > 0.1 * np.abs(f[:, n:]).max()
+    with pytest.raises(ValueError, match="fold into 3 volumes each; the features were set up"):
+        extractor.normalised(np.zeros((1, 48, 128), np.float32))
+
+
 def test_grid_follows_the_aspect_ratio():
     assert FeatureSettings.for_shape((240, 400)).grid == (6, 10)  # one cell per MAPS tile
     assert FeatureSettings.for_shape((60, 60, 60)).grid == (4, 4, 4)
@@ -274,13 +305,7 @@ def tiny_run(tmp_path_factory):
     """A 1D run trained for one iteration by `exp2sim train` (60 spectra per domain, 6 of
     them held out)."""
     root = tmp_path_factory.mktemp("app")
-    np.save(root / "a.npy", blur(sharp_spectra(60, SHAPE, seed=0, width=1.0), 1.5))
-    np.save(root / "b.npy", sharp_spectra(60, SHAPE, seed=1, width=1.0))
-    toml = root / "tiny.toml"
-    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items()))
-    args = ["train", str(root / "a.npy"), str(root / "b.npy"), "--out", str(root / "run")]
-    res = runner.invoke(app, [*args, "--preset", str(toml), "--max-iterations", "1"])
-    assert res.exit_code == 0, res.output
+    _train_one_step(root, 60, SHAPE)
     return root
 
 
@@ -317,18 +342,25 @@ def test_command_prints_verdicts_and_reuses_its_calibration(tiny_run, tmp_path):
     assert table.exit_code == 0 and "untrustworthy" in table.stdout
 
 
+def _train_one_step(folder, n, shape, **extra):
+    """A run of the tiny GAN (TINY and `extra`) trained for one step by `exp2sim train` on n
+    blurred and n sharp spectra of `shape`; returns its directory."""
+    np.save(folder / "a.npy", blur(sharp_spectra(n, shape, seed=0, width=1.0), 1.5))
+    np.save(folder / "b.npy", sharp_spectra(n, shape, seed=1, width=1.0))
+    toml = folder / "tiny.toml"
+    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in {**TINY, **extra}.items()))
+    run = folder / "run"
+    args = ["train", str(folder / "a.npy"), str(folder / "b.npy"), "--out", str(run)]
+    res = runner.invoke(app, [*args, "--preset", str(toml), "--max-iterations", "1"])
+    assert res.exit_code == 0, res.output
+    return run
+
+
 def test_a_run_with_fewer_training_spectra_than_points(tmp_path):
     """8 spectra per domain, 1 held out: calibration and assessment use subsets of all 7
     training spectra instead of failing on the default 20 points, and say so; the
     calibration is reused afterwards, not redone because of the smaller subsets."""
-    np.save(tmp_path / "a.npy", blur(sharp_spectra(8, SHAPE, seed=0, width=1.0), 1.5))
-    np.save(tmp_path / "b.npy", sharp_spectra(8, SHAPE, seed=1, width=1.0))
-    toml = tmp_path / "tiny.toml"
-    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items()))
-    run = tmp_path / "run"
-    args = ["train", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--out", str(run)]
-    res = runner.invoke(app, [*args, "--preset", str(toml), "--max-iterations", "1"])
-    assert res.exit_code == 0, res.output
+    run = _train_one_step(tmp_path, 8, SHAPE)
     np.save(tmp_path / "new.npy", blur(sharp_spectra(3, SHAPE, seed=5, width=1.0), 1.5))
     res = _applicability(run, tmp_path / "new.npy", "--format", "json", "--repeats", "50")
     assert res.exit_code == 0, res.output
@@ -339,6 +371,26 @@ def test_a_run_with_fewer_training_spectra_than_points(tmp_path):
     again = _applicability(run, tmp_path / "new.npy", "--format", "json", "--repeats", "50")
     assert "using the applicability calibration" in again.stderr
     assert json.loads(again.stdout)["inputs"] == report["inputs"]
+
+
+def test_command_on_a_folded_run_judges_whole_mosaics(tmp_path):
+    """A run trained on 2 x 8-tile mosaics folded into volumes (fold_tiles): it is
+    calibrated on the run's own split mosaics and gives one verdict per mosaic; a mosaic
+    with a third row of tiles gets a one-line error."""
+    shape = (32, 128)
+    run = _train_one_step(tmp_path, 10, shape, fold_tiles=[16, 16], fold_pad=4)
+    np.save(tmp_path / "new.npy", blur(sharp_spectra(3, shape, seed=5, width=1.0), 1.5))
+    res = _applicability(run, tmp_path / "new.npy", "--format", "json", "--repeats", "50")
+    assert res.exit_code == 0, res.output
+    assert "calibrated the applicability domain" in res.stderr and "9 training" in res.stderr
+    assert len(json.loads(res.stdout)["inputs"]) == 3
+    np.save(tmp_path / "tall.npy", np.ones((1, 48, 128), np.float32))
+    res = _applicability(run, tmp_path / "tall.npy")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    last = res.stderr.strip().splitlines()[-1]  # after the note on the other shape
+    assert last == (
+        "error: spectra of shape (48, 128) fold into 3 volumes each; the features were set up for 2"
+    )
 
 
 def test_command_rejects_bad_input(tiny_run, tmp_path):

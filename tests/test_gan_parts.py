@@ -12,11 +12,12 @@ from exp2sim.gan.checkpoint import load_state, read_info, save_state
 from exp2sim.gan.config import TrainConfig, load_preset
 from exp2sim.gan.data import CropSampler, shifted_copies
 from exp2sim.gan.fid import frechet_distance, spectra_distance
+from exp2sim.gan.fold import TileFold
 from exp2sim.gan.layers import count_parameters
 from exp2sim.gan.losses import masked_l1, patch_mse, patch_nce, sample_locations
-from exp2sim.gan.model import DCLGAN
+from exp2sim.gan.model import DCLGAN, run_generator, run_generator_stack
 from exp2sim.gan.networks import PatchDiscriminator, ResnetGenerator
-from exp2sim.gan.normalisation import IntensityScale
+from exp2sim.gan.normalisation import IntensityScale, LevelMatch
 from exp2sim.gan.synthetic import blur, sharp_spectra
 
 TINY = {
@@ -205,6 +206,74 @@ def test_tiled_translation_takes_shifted_taps_from_the_whole_spectrum(monkeypatc
     assert any(np.isfinite(taps[1][:, -24:]).any() for _, taps in tiles)
 
 
+def test_fold_stacks_each_row_of_tiles_into_a_volume_and_unfolds_exactly():
+    """A 2 x 3 grid of 4 x 5 tiles, each pixel holding (spectrum, row, tile, y, x) as
+    digits: volume r of spectrum i holds tile j of row r at slice pad + j, in order, with
+    masked (NaN) slices at both ends; unfold gives the spectra back bit for bit."""
+    n, rows, cols, th, tw = 2, 2, 3, 4, 5
+    i, r, y, j, x = np.meshgrid(*map(np.arange, (n, rows, th, cols, tw)), indexing="ij")
+    mosaic = (10000 * i + 1000 * r + 100 * j + 10 * y + x).astype(np.float32)
+    mosaic = mosaic.reshape(n, rows * th, cols * tw)
+    fold = TileFold((th, tw), pad=2)
+    volumes = fold.fold(mosaic)
+    assert volumes.shape == (n * rows, cols + 4, th, tw) == (4, 7, 4, 5)
+    assert fold.volume_shape(mosaic.shape[1:]) == (7, 4, 5)
+    for a in range(n):
+        for b in range(rows):
+            v = volumes[a * rows + b]
+            assert np.isnan(v[:2]).all() and np.isnan(v[-2:]).all()
+            for t in range(cols):
+                np.testing.assert_array_equal(
+                    v[2 + t], mosaic[a, b * th : (b + 1) * th, t * tw : (t + 1) * tw]
+                )
+    np.testing.assert_array_equal(fold.unfold(volumes, mosaic.shape[1:]), mosaic)
+    with pytest.raises(ValueError, match="whole number of the model's 4 x 5 tiles"):
+        fold.fold(np.zeros((1, 8, 14)))
+    with pytest.raises(ValueError, match="folds 2D spectra"):
+        fold.fold(np.zeros((1, 8, 15, 3)))
+    with pytest.raises(ValueError, match="do not unfold"):
+        fold.unfold(volumes[:3], mosaic.shape[1:])
+
+
+def test_folded_generator_reaches_the_neighbouring_tiles():
+    """What the fold is for: in a 2D mosaic the same (h, k) pixel of the next energy slice
+    lies a tile's width away, beyond the reach of a 3-tap kernel generator (its output is a
+    weighted mean of the 3 x 3 pixels around each pixel); folded, it is the next slice of
+    the volume. One lit pixel, in tile 1: the same pixel of tile 2 stays dark through the
+    2D generator on the mosaic and is lit through the 3D one on the folded volume."""
+    torch.manual_seed(0)
+    tile, cols = 16, 5
+    mosaic = np.zeros((1, tile, tile * cols), np.float32)
+    mosaic[0, 8, tile + 8] = 1.0
+    fold = TileFold((tile, tile), pad=2)
+    with torch.no_grad():
+        g2 = ResnetGenerator(2, ngf=4, n_blocks=1, kernel=3)
+        flat = g2(torch.from_numpy(mosaic)[:, None])[0, 0].numpy()
+        g3 = ResnetGenerator(3, ngf=4, n_blocks=1, kernel=3)
+        volume = np.nan_to_num(fold.fold(mosaic))
+        folded = g3(torch.from_numpy(volume)[:, None])[:, 0].numpy()
+    through_3d = fold.unfold(folded, mosaic.shape[1:])[0]
+    for out in (flat, through_3d):
+        assert out[8, tile + 8] > 0.5  # the lit pixel keeps most of its intensity
+    assert flat[8, 2 * tile + 8] == 0.0
+    assert through_3d[8, 2 * tile + 8] > 1e-3 and through_3d[8, 8] > 1e-3  # tiles 2 and 0
+
+
+def test_a_stack_translates_as_its_spectra_one_by_one():
+    """run_generator_stack (a folded mosaic's volumes in one pass) gives what run_generator
+    gives for each volume: instance norm is per spectrum."""
+    torch.manual_seed(0)
+    g = ResnetGenerator(3, ngf=4, n_blocks=1, kernel=3).eval()
+    z = blur(sharp_spectra(3, (10, 16, 16), seed=1, mask_fraction=0.2), 1.0)
+    cpu = torch.device("cpu")
+    stack = run_generator_stack(g, z, cpu, "fp32")  # as in training: outside no_grad
+    single = np.stack([run_generator(g, v, cpu, "fp32") for v in z])
+    np.testing.assert_allclose(stack, single, rtol=1e-5, atol=1e-6)
+    shifted = ResnetGenerator(1, ngf=4, n_blocks=1, kernel=3, shifts=((-4,), (4,)))
+    with pytest.raises(ValueError, match="one spectrum at a time"):
+        run_generator_stack(shifted, np.zeros((2, 16)), cpu, "fp32")
+
+
 def test_kernel_generator_starts_near_the_identity():
     """Initialised like every other generator (xavier, gain 0.02), a kernel generator's
     first output is close to its input (a narrow centre-weighted kernel), so training starts
@@ -310,6 +379,22 @@ def test_normalisation_inverts_and_ignores_hot_pixels():
         IntensityScale.fit(np.zeros((3, 3)))
 
 
+def test_level_match_leaves_spectra_too_faint_to_match_as_they_are():
+    """Factors q / (own level): exact for an ordinary spectrum; 1 for a blank one and for
+    one whose level is so small that the factor would overflow float32 (an almost empty
+    mosaic: one pixel of 2e-5 among subnormal tails, 99.9th percentile 1e-40)."""
+    match = LevelMatch(3.4, statistic="mean")
+    x = np.zeros((3, 40, 40), np.float32)
+    x[0] = blur(sharp_spectra(1, (40, 40), seed=0), 1.0)[0]
+    x[2] = 1e-40
+    x[2, 5, 5] = 2e-5
+    own = IntensityScale.fit(x[0], statistic="mean").q
+    with np.errstate(all="raise"):  # no overflow warning either
+        factors = match.factors(x)
+    np.testing.assert_allclose(factors, [3.4 / own, 1.0, 1.0])
+    assert np.isfinite(x * factors[:, None, None].astype(np.float32)).all()
+
+
 def test_mean_intensity_scale_is_the_same_with_and_without_resolution():
     """Blurring conserves intensity: the "mean" scale of a sharp set and of its blurred copy
     agree, the 99th percentile does not (sharp lines are brighter). A hot pixel moves
@@ -402,6 +487,17 @@ def test_config_rejects_bad_values_and_reads_toml(tmp_path):
     for decay in (-0.1, 1.0):
         with pytest.raises(ValueError, match="ema_decay"):
             TrainConfig(ema_decay=decay)
+    for tiles in ((40,), (40, 0), (8, 8, 8)):
+        with pytest.raises(ValueError, match="fold_tiles"):
+            TrainConfig(fold_tiles=tiles)
+    with pytest.raises(ValueError, match="fold_pad"):
+        TrainConfig(fold_tiles=(8, 8), fold_pad=-1)
+    with pytest.raises(ValueError, match="three per shift"):
+        TrainConfig(kernel=3, kernel_shifts=((0, -40), (0, 40)), fold_tiles=(40, 40))
+    # configurations saved before the fold existed load without it
+    old = TrainConfig().to_dict()
+    del old["fold_tiles"], old["fold_pad"]
+    assert TrainConfig.from_dict(old).folding() is None
     (tmp_path / "c.toml").write_text('preset = "paper"\nepochs = 3\n')
     config = load_preset(str(tmp_path / "c.toml"))
     assert (config.ngf, config.n_blocks, config.epochs) == (64, 9, 3)

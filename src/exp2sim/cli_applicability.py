@@ -90,7 +90,7 @@ def applicability(
 
 
 def _run_dim(run: Path, direction: str) -> tuple[int, dict | None]:
-    """The run's spectrum dimension and the axes of the direction's source domain."""
+    """The dimension of the run's spectra and the axes of the direction's source domain."""
     from exp2sim.gan.checkpoint import read_info
     from exp2sim.gan.train import CHECKPOINT
 
@@ -98,7 +98,8 @@ def _run_dim(run: Path, direction: str) -> tuple[int, dict | None]:
         raise ValueError(f"{run}: not a training run (no {CHECKPOINT})")
     data = read_info(run / CHECKPOINT)["data"]
     axes = data.get("axes_a" if direction == "exp2sim" else "axes_b")
-    return int(data["dim"]), axes
+    # runs from before volume views (fold_tiles) kept only the networks' dimension
+    return int(data.get("spectrum_dim", data["dim"])), axes
 
 
 def _read(path: Path, dim: int, axes: dict | None = None) -> np.ndarray:

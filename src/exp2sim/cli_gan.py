@@ -103,8 +103,14 @@ def train(
         show = trainer.rank == 0
         if show:
             n_a, n_b = len(trainer.data.a.train), len(trainer.data.b.train)
+            data = trainer.data
+            what = (
+                f"{data.dim}D spectra"
+                if data.spectrum_dim in (None, data.dim)
+                else f"volumes folded from {data.spectrum_dim}D spectra"
+            )
             err_console.print(
-                f"{run_dir}: {trainer.data.dim}D spectra, {n_a} + {n_b} for training, crops "
+                f"{run_dir}: {what}, {n_a} + {n_b} for training, crops "
                 f"{trainer.data.crop}, device {trainer.device}, {trainer.world} process(es); "
                 f"epoch {trainer.epoch + 1} of {trainer.total_epochs}"
             )

@@ -355,13 +355,13 @@ class ApplicabilityDomain:
         if len(train_z) > max_train:
             keep = np.random.default_rng(seed).choice(len(train_z), max_train, replace=False)
             train_z = train_z[np.sort(keep)]
-        dim = translator.generator.dim
+        dim = translator.dim
         if len(shape) != dim or np.ndim(heldout_z) != dim + 1:
             raise ValueError(
                 f"the {direction} generator works on {dim}D spectra; calibration spectra "
                 f"have shapes {np.shape(train_z)} and {np.shape(heldout_z)}"
             )
-        settings = FeatureSettings.for_shape(shape)
+        settings = FeatureSettings.for_shape(shape, fold=translator.fold)
         extractor = _extractor(translator, settings)
         if train is None:  # the run's split is normalised: back to intensities, then matched
 
@@ -397,7 +397,11 @@ def _extractor(translator: Translator, settings: FeatureSettings) -> FeatureExtr
     """The feature extractor of a loaded generator; spectra are brought to the training
     intensity level as `translate` does."""
     return FeatureExtractor(
-        translator.generator, translator.source, settings, match=translator.match
+        translator.generator,
+        translator.source,
+        settings,
+        match=translator.match,
+        fold=translator.fold,
     )
 
 
@@ -474,7 +478,9 @@ def _run_split(run: Path, direction: str, checkpoint: str) -> tuple[np.ndarray, 
     sources = info.get("sources") or {}
     try:
         config = TrainConfig.from_dict(info["config"])
-        data = prepare_data(config, sources["domain_a"], sources["domain_b"], info["data"])
+        data = prepare_data(
+            config, sources["domain_a"], sources["domain_b"], info["data"], unfolded=True
+        )
     except (KeyError, ValueError) as exc:
         raise ValueError(
             f"{run}: cannot rebuild the run's training split ({exc}); pass the training and "

@@ -59,6 +59,13 @@ stem: a background, which lights every pixel as a photograph does, moves a spect
 noise, spurions or dead pixels alone 1.0, clean 1.0), so the artefact spectra score beyond
 the negative control (demo30: 7.7 and 4.6; version 3: 1.3 and 5.4).
 
+Volume views (`TrainConfig.fold_tiles`, gan/fold.py). A generator that sees each 2D mosaic
+as a stack of volumes gives one feature vector per mosaic: each texture block is taken over
+all of the mosaic's volumes together, and the layout block holds each volume's cells in
+turn (`FeatureSettings.volumes`). On the demo's volume-view GAN (demo34): training 0.74,
+test 0.97, unconvolved 1.86, artefacts 5.68, negative control 6.45, photographs 13.1,
+digits 13.1; ROC AUC 1.000 / 1.000.
+
 Same code for 1D, 2D and 3D spectra; no autograd; batched.
 """
 
@@ -71,6 +78,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from exp2sim.gan.fold import TileFold
 from exp2sim.gan.networks import ResnetGenerator, encoder_layer_names
 from exp2sim.gan.normalisation import IntensityScale, LevelMatch
 
@@ -85,11 +93,15 @@ class FeatureSettings:
     grid: layout cells along each spatial axis of the encoder output.
     dim: the most numbers D per feature vector (at most 512; D/5 per block).
     seed: seed of the projection matrices.
+    volumes: volumes per spectrum for a volume-view generator (gan/fold.py), else 1: the
+      texture statistics are taken over all of a spectrum's volumes together, and the
+      layout cells of its volumes follow one another.
     """
 
     grid: tuple[int, ...]
     dim: int = 256
     seed: int = 0
+    volumes: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
@@ -97,26 +109,39 @@ class FeatureSettings:
             raise ValueError(f"feature grid must have 1 to 3 positive sides, got {self.grid}")
         if not 1 <= self.dim <= MAX_DIM:
             raise ValueError(f"feature dimension must be between 1 and {MAX_DIM}, got {self.dim}")
+        if self.volumes < 1:
+            raise ValueError(f"volumes per spectrum must be at least 1, got {self.volumes}")
 
     @classmethod
     def for_shape(
-        cls, shape: tuple[int, ...], cells: int = 64, dim: int = 256, seed: int = 0
+        cls,
+        shape: tuple[int, ...],
+        cells: int = 64,
+        dim: int = 256,
+        seed: int = 0,
+        fold: TileFold | None = None,
     ) -> FeatureSettings:
         """About `cells` pooling cells in the aspect ratio of spectra of `shape` (*S), at
-        most one per encoder pixel (S / 4) along each axis."""
+        most one per encoder pixel (S / 4) along each axis; with a `fold`, about as many
+        in all over the volumes each spectrum folds into."""
         shape = tuple(int(s) for s in shape)
         if not shape or min(shape) < 1:
             raise ValueError(f"invalid spectrum shape {shape}")
+        volumes = 1
+        if fold is not None:
+            volumes, shape = fold.grid(shape)[0], fold.volume_shape(shape)
+            cells = max(1, cells // volumes)
         factor = (cells / math.prod(shape)) ** (1 / len(shape))
         grid = tuple(max(1, min(round(s * factor), math.ceil(s / 4))) for s in shape)
-        return cls(grid, dim, seed)
+        return cls(grid, dim, seed, volumes)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"grid": list(self.grid)}
 
     @classmethod
     def from_dict(cls, values: dict) -> FeatureSettings:
-        return cls(tuple(values["grid"]), int(values["dim"]), int(values["seed"]))
+        volumes = int(values.get("volumes", 1))  # calibrations before volume views: 1
+        return cls(tuple(values["grid"]), int(values["dim"]), int(values["seed"]), volumes)
 
 
 def random_projection(n_in: int, dim: int, seed: int) -> torch.Tensor | None:
@@ -154,20 +179,24 @@ class FeatureExtractor:
         settings: FeatureSettings,
         max_voxels: int = 2**20,
         match: LevelMatch | None = None,
+        fold: TileFold | None = None,
     ) -> None:
         if len(settings.grid) != generator.dim:
             raise ValueError(
                 f"feature grid {settings.grid} is {len(settings.grid)}D but the generator "
                 f"works on {generator.dim}D spectra"
             )
+        if fold is None and settings.volumes != 1:
+            raise ValueError(f"{settings.volumes} volumes per spectrum need a fold")
         self.generator = generator.eval()
         self.scale, self.settings, self.max_voxels = scale, settings, max_voxels
         self.match = match  # each spectrum brought to the training level first (translate's)
-        self.dim = generator.dim
+        self.fold = fold  # a volume-view generator: 2D spectra folded into volumes
+        self.dim = 2 if fold is not None else generator.dim
         last = encoder_layer_names(generator.n_blocks)[-1]
         self.texture_layers = ["stem", "down1", "down2", last]
         channels = generator.layer_channels(self.texture_layers)
-        raw = (*channels, channels[-1] * math.prod(settings.grid))
+        raw = (*channels, channels[-1] * math.prod(settings.grid) * settings.volumes)
         per_block = max(1, settings.dim // len(raw))
         # one projection per block, from seeds derived from the settings' seed
         self.projections = [
@@ -190,24 +219,35 @@ class FeatureExtractor:
             raise ValueError("this feature extractor has no intensity scale: pass normalised")
         if self.match is not None:
             factors = self.match.factors(spectra)
-            spectra = spectra * factors.reshape(-1, *[1] * self.dim).astype(np.float32)
+            spectra = spectra * factors.reshape(-1, *[1] * self.dim)  # float64: no overflow
         return self.normalised(self.scale.transform(spectra))
 
     def normalised(self, z: np.ndarray) -> np.ndarray:
         """Already normalised spectra (n, *S) (NaN = masked) -> features (n, D) float32."""
-        z = np.nan_to_num(self._checked(z), nan=0.0)
+        z = self._checked(z)
+        n, shape, per = len(z), z.shape[1:], self.settings.volumes  # per: inputs per spectrum
+        if self.fold is not None:
+            z = self.fold.fold(z)
+        z = np.nan_to_num(z, nan=0.0)  # masked pixels (and the fold's pads) as 0
+        if len(z) != n * per:
+            raise ValueError(
+                f"spectra of shape {shape} fold into {len(z) // n} volumes each; the features "
+                f"were set up for {per}"
+            )
         device = next(self.generator.parameters()).device
-        batch = max(1, self.max_voxels // math.prod(z.shape[1:]))
+        batch = per * max(1, self.max_voxels // (per * math.prod(z.shape[1:])))
         out = []
         with torch.inference_mode():
             for start in range(0, len(z), batch):
                 x = torch.from_numpy(np.ascontiguousarray(z[start : start + batch]))
                 _, hs = self.generator(x[:, None].to(device), self.texture_layers, encode_only=True)
-                hs = [h.float() for h in hs]
+                # one spectrum's volumes side by side: (B * per, C, *S') -> (B, C, per * S')
+                grouped = [_group(h.float(), per) for h in hs]
                 # the stem's deviations scale with the input's contrast: their logarithm
-                parts = [texture_block(hs[0]).clamp_min(TEXTURE_FLOOR).log()]
-                parts += [texture_block(h) for h in hs[1:]]
-                parts += [layout_block(hs[-1], self.settings.grid)]
+                parts = [texture_block(grouped[0]).clamp_min(TEXTURE_FLOOR).log()]
+                parts += [texture_block(h) for h in grouped[1:]]
+                cells = layout_block(hs[-1].float(), self.settings.grid)
+                parts += [cells.reshape(-1, per * cells.shape[1])]
                 rows = [
                     part.cpu() if projection is None else part.cpu() @ projection
                     for part, projection in zip(parts, self.projections, strict=True)
@@ -224,6 +264,13 @@ class FeatureExtractor:
         if np.isinf(spectra).any():
             raise ValueError("input contains infinite values (use NaN for masked pixels)")
         return spectra
+
+
+def _group(h: torch.Tensor, per: int) -> torch.Tensor:
+    """Encoder output (B * per, C, *S') -> (B, C, per * prod(S')): each spectrum's `per`
+    consecutive volumes as one row of positions."""
+    b, c = len(h) // per, h.shape[1]
+    return h.reshape(b, per, c, -1).transpose(1, 2).reshape(b, c, -1)
 
 
 def encoder_features(

@@ -100,7 +100,7 @@ def check_config(cfg: EvaluationConfig, out: Path) -> None:
 
     gan = gan_config(cfg, cfg.gan)
     if cfg.volume:
-        gan_config(cfg, {**cfg.gan, **cfg.volume.get("gan", {})})
+        gan_config(cfg, volume_gan(cfg, cfg.volume.get("gan", {})))
     ClassifierConfig.from_dict(cfg.classifier)
     n_a = cfg.n_train_convolved * len(cfg.models)
     n_gan_train = n_a - max(1, round(gan.val_fraction * n_a))
@@ -236,6 +236,16 @@ VOLUME_DEFAULTS = {
 }
 
 
+MOSAIC_ONLY = ("kernel_shifts", "fold_tiles", "fold_pad")
+
+
+def volume_gan(cfg: EvaluationConfig, overrides: dict) -> dict:
+    """The 3D example's GAN settings: the mosaic GAN's, less those that only mean something
+    for the mosaic (its kernel shifts are 2D pixel offsets, its fold cuts 2D tiles), with
+    `overrides` on top."""
+    return {k: x for k, x in cfg.gan.items() if k not in MOSAIC_ONLY} | overrides
+
+
 def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) -> dict:
     """The 3D example (the paper's Fig. 6): (h, k, E) volumes of the last model at one
     incident energy, unconvolved and convolved (unpaired for training, paired for the test
@@ -287,9 +297,7 @@ def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) ->
         paths[domain] = folder / f"volume_domain_{domain}.npy"
         if not paths[domain].exists():
             write_npy_atomic(paths[domain], spectra)
-    # the mosaic's kernel shifts (pixel offsets in 2D) mean nothing for volumes
-    gan = {k: x for k, x in cfg.gan.items() if k != "kernel_shifts"} | v["gan"]
-    run = train_gan_run(cfg, paths, out / "gan-3d", gan, stages, "GAN (3D)")
+    run = train_gan_run(cfg, paths, out / "gan-3d", volume_gan(cfg, v["gan"]), stages, "GAN (3D)")
     deconvolved = Translator.from_run(run, "exp2sim", device=cfg.device)(test["convolved"])
     convolved = Translator.from_run(run, "sim2exp", device=cfg.device)(test["unconvolved"])
 

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from exp2sim.gan.fold import TileFold
 from exp2sim.settings import from_dict, read_toml
 
 
@@ -30,6 +31,12 @@ class TrainConfig:
     # a spectrum, e.g. the neighbouring energy slices of the PCSMO mosaic, 40 columns away:
     # ((0, -40), (0, 40)). The values come from the whole spectrum, not only the crop.
     kernel_shifts: tuple[tuple[int, ...], ...] = ()
+    # not in the paper: () or the (height, width) of the equal tiles a 2D spectrum is made
+    # of; each row of tiles is then trained on and translated as one volume (tiles, height,
+    # width) by 3D networks, with `fold_pad` masked slices at both ends (gan/fold.py), so
+    # that the neighbouring tiles of a row (the PCSMO mosaic's energy slices) are neighbours
+    fold_tiles: tuple[int, ...] = ()
+    fold_pad: int = 3
     nce_layers: tuple[str, ...] = ("down1", "down2", "block1", "block5")
     nce_patches: int = 256  # locations sampled per layer and image
     nce_units: int = 256  # projection head width
@@ -72,13 +79,16 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # free-form notes, kept with the run
 
     ARCHITECTURE = (
-        "ngf", "n_blocks", "ndf", "d_layers", "kernel", "kernel_shifts", "nce_layers", "nce_units"
+        "ngf", "n_blocks", "ndf", "d_layers", "kernel", "kernel_shifts", "nce_layers", "nce_units",
+        "fold_tiles", "fold_pad",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
         self.nce_layers = tuple(self.nce_layers)
         self.flip_axes = tuple(self.flip_axes)
         self.kernel_shifts = tuple(tuple(int(o) for o in s) for s in self.kernel_shifts)
+        self.fold_tiles = tuple(int(t) for t in self.fold_tiles)
+        self.folding()  # a clear error for impossible tiles
         if self.intensity_scale not in ("percentile", "mean"):
             raise ValueError(
                 f"intensity_scale must be percentile or mean, not {self.intensity_scale!r}"
@@ -110,10 +120,19 @@ class TrainConfig:
             raise ValueError(
                 f"kernel_shifts {self.kernel_shifts}: give one non-zero offset per spatial axis"
             )
+        if self.fold_tiles and any(len(s) != 3 for s in self.kernel_shifts):
+            raise ValueError(
+                "kernel_shifts of a run with fold_tiles are offsets in the volumes: give three "
+                "per shift (slice, row, column)"
+            )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must lie between 0 and 1")
+
+    def folding(self) -> TileFold | None:
+        """The fold of 2D spectra into volumes, or None (spectra as they are)."""
+        return TileFold(self.fold_tiles, self.fold_pad) if self.fold_tiles else None
 
     def min_crop(self) -> int:
         """Smallest crop side the discriminator can judge: its strided stages and two

