@@ -184,6 +184,7 @@ n_outliers = 3
 applicability_repeats = 50
 applicability_points = 4
 rl_iterations = 5
+reference_bins = true  # off in the demo preset, checked here
 [gan]
 ngf = 8
 n_blocks = 2
@@ -231,6 +232,9 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     from exp2sim.evaluation.pipeline import BINS_ROW
 
     assert BINS_ROW in m["accuracy_classifier_convolved"]
+    # the demo preset's GAN sees each mosaic as volumes (fold_tiles): 3D networks, 2D data
+    gan_data = json.loads((out / "gan" / "config.json").read_text())["data"]
+    assert (gan_data["dim"], gan_data["spectrum_dim"]) == (3, 2)
     assert "gap_closed_convolution_bins" in m
     assert np.isfinite(m["fidelity_convolution"][BINS_ROW]["psnr"])
     assert set(m["applicability"]) >= {"digits", "photographs", "Rb2MnF4", "negative control"}

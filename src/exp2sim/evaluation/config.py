@@ -91,8 +91,9 @@ class EvaluationConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # A 2-core CPU, no GPU: everything in 6-10 minutes (demo14-demo25: 6 min 25 s to
-    # 9 min 42 s). A narrower, shallower GAN with a higher learning rate than the paper's,
+    # A 2-core CPU, no GPU: everything in under 15 minutes (demo14-demo31 with a 2D GAN:
+    # 6 min 25 s to 9 min 42 s; demo34 with the volume view: 12 min 29 s on an Intel
+    # Xeon). A narrower, shallower GAN with a higher learning rate than the paper's,
     # 1,500 iterations, and two additions of exp2sim's (not in the paper): intensity scales
     # from the mean intensity and the intensity loss (weight 5; gan/config.py). Trials on
     # one demo run's data, 40 + 40 paired test spectra, that run's two classifiers
@@ -117,12 +118,14 @@ PRESETS: dict[str, dict] = {
         "n_train_convolved": 40,
         "n_test": 40,  # per model: a standard error of at most 5.6 % on an accuracy
         "n_mc": 1,  # one point per bin: 5.5 % from 16 points on the best-fit mosaic
+        # the bins-only reference row (25-35 s of simulation) is left out for time: with
+        # the volume-view GAN the demo took 15 min 49 s on a 2-core Intel Xeon (demo33)
+        "reference_bins": False,
         "gan": {
             "ngf": 16,
             "n_blocks": 4,
             "ndf": 16,
             "nce_layers": ["down1", "down2", "block1", "block3"],
-            "crop": 48,
             "intensity_scale": "mean",
             "lambda_intensity": 5.0,
             # Averaged generator weights. Seeds 0-3 on demo25's data and classifiers, without
@@ -132,19 +135,38 @@ PRESETS: dict[str, dict] = {
             "ema_decay": 0.995,
             # Kernel generators (gan/networks.py): a per-pixel blur / unsharp mask of the
             # input instead of a drawn image. Seeds 0-2 on the demo's data and classifiers,
-            # without / with (7 taps): PSNR deconvolution 25.4-25.7 / 30.1-30.3 dB (Richardson-
-            # Lucy 30.1 in-plane, 31.2 with the energy slices), convolution 25.7-26.0 /
-            # 27.5-28.5 dB (Gaussian blur 27.3 in-plane, 30.8 with the energy slices);
+            # without / with (7 taps, in 2D at lr 5e-4, the demo's GAN until demo31): PSNR
+            # deconvolution 25.4-25.7 / 30.1-30.3 dB (Richardson-Lucy 30.1 in-plane, 31.2
+            # with the energy slices), convolution 25.7-26.0 / 27.5-28.5 dB (Gaussian blur
+            # 27.3 in-plane, 30.8 with the energy slices);
             # accuracy on GAN-deconvolved 91.2-92.5 / 98.8-100 %, on GAN-convolved
             # 78.8-91.2 / 87.5-90.0 %. On their encoders the applicability measure needs the
             # stem's texture block (version 4) to separate photographs (ROC AUC 0.981-0.989
             # without it, 0.999 with it; applicability/features.py).
-            "kernel": 7,
-            "lr": 5e-4,
+            # Volume view (gan/fold.py, not in the paper): each incident energy's row of
+            # 10 constant-energy tiles is one (E, h, k) volume, so that a 3-tap kernel reaches
+            # the neighbouring energy slices, which the instrument's resolution mixes (8-14 %
+            # of a slice's intensity) and a 2D generator on the mosaic cannot see (they lie
+            # 40 pixels away). On demo33's data and classifiers (Intel Xeon, seed 0), 2D
+            # (the settings above: kernel 7, 48-pixel crops, 3-stage discriminators, lr 5e-4)
+            # / volume view (these): accuracy on GAN-convolved 78.8 / 93.8 % (blur 88.8 %),
+            # PSNR / SSIM convolution 28.84 / 0.890 and 30.97 / 0.929 (blur 30.81 / 0.928),
+            # deconvolution 29.44 / 0.871 and 29.85 / 0.867 (Richardson-Lucy 31.17 / 0.911);
+            # GAN training 292 s in demo34 (Xeon; the 2D GAN's 131 s in demo31 on an AMD
+            # EPYC, not timed side by side; docs/measurements.md).
+            # At lr 5e-4 the 3D Sim2Exp kernel saturated on its centre tap (the identity).
+            "fold_tiles": [40, 40],
+            "fold_pad": 3,
+            "kernel": 3,
+            "crop": 16,
+            "d_layers": 2,
+            "lr": 2e-4,
             "epochs": 6,
             "epochs_decay": 4,
             "iterations_per_epoch": 150,
-            "fid_every": 2,
+            # the held-out Frechet distance fell at every evaluation of demo33 (epochs 2,
+            # 4, ..., 10: 4.75 ... 0.52), so two evaluations pick the same epoch (10)
+            "fid_every": 5,
             "figure_every": 5,
         },
     },
