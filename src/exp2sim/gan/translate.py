@@ -18,6 +18,10 @@ result is in the input's units, and translating a * x gives a * (translation of 
 any a > 0. On the demo's test spectra, already in the training units, this raised the
 paired PSNR from 25.2 to 25.4 dB (deconvolution) and from 25.2 to 25.5 dB (convolution).
 
+A run with a volume view (`fold_tiles`, gan/fold.py) takes 2D spectra: each is matched
+and normalised as a whole, folded into its volumes, which are translated in one batch, and
+put back.
+
 Spectra bigger than `max_voxels` are cut into overlapping tiles whose translations are
 blended with raised-cosine weights, so memory stays bounded whatever the input size.
 
