@@ -106,7 +106,7 @@ def train(
             data = trainer.data
             what = (
                 f"{data.dim}D spectra"
-                if data.spectrum_dim in (None, data.dim)
+                if data.spectrum_dim == data.dim
                 else f"volumes folded from {data.spectrum_dim}D spectra"
             )
             err_console.print(

@@ -228,12 +228,12 @@ class FeatureExtractor:
         n, shape, per = len(z), z.shape[1:], self.settings.volumes  # per: inputs per spectrum
         if self.fold is not None:
             z = self.fold.fold(z)
-        z = np.nan_to_num(z, nan=0.0)  # masked pixels (and the fold's pads) as 0
         if len(z) != n * per:
             raise ValueError(
                 f"spectra of shape {shape} fold into {len(z) // n} volumes each; the features "
                 f"were set up for {per}"
             )
+        z = np.nan_to_num(z, nan=0.0)  # masked pixels (and the fold's pads) as 0
         device = next(self.generator.parameters()).device
         batch = per * max(1, self.max_voxels // (per * math.prod(z.shape[1:])))
         out = []

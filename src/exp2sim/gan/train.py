@@ -69,15 +69,15 @@ class RunData:
     a: Domain
     b: Domain
     dim: int  # of the networks' inputs: the spectra's, or 3 for volumes folded from 2D
+    spectrum_dim: int  # of the spectra in the files
     crop: tuple[int, ...]
     axes_a: dict[str, np.ndarray] | None = None  # bin centres, when the files have axes
     axes_b: dict[str, np.ndarray] | None = None
-    spectrum_dim: int | None = None  # of the spectra in the files (None: dim)
 
     def info(self) -> dict:
         info = {
             "dim": self.dim,
-            "spectrum_dim": self.spectrum_dim or self.dim,
+            "spectrum_dim": self.spectrum_dim,
             "crop": list(self.crop),
             "shape_a": list(self.a.train.shape[1:]),
             "shape_b": list(self.b.train.shape[1:]),
@@ -125,7 +125,7 @@ def prepare_data(
         return Domain.from_spectra(spectra, config.val_fraction, seed, scale, level=level, **kw)
 
     a, b = domain(spectra_a, "a", config.seed), domain(spectra_b, "b", config.seed + 1)
-    dim = spectra_a.ndim - 1
+    spectrum_dim = dim = spectra_a.ndim - 1
     fold = config.folding()
     if fold is not None and not unfolded:
         a, b = (
@@ -139,7 +139,7 @@ def prepare_data(
             f"too small for a {config.d_layers}-layer discriminator (needs "
             f"{config.min_crop()} pixels per axis): lower d_layers or use larger spectra"
         )
-    return RunData(a, b, dim, crop, file_a.axes, file_b.axes, spectra_a.ndim - 1)
+    return RunData(a, b, dim, spectrum_dim, crop, file_a.axes, file_b.axes)
 
 
 class Trainer:
@@ -404,13 +404,7 @@ class Trainer:
         if gen.shifts or not self.config.fold_tiles:  # one by one; folds' volumes batched
             out = np.array([run_generator(gen, s, self.device, precision) for s in src])
         else:
-            step = max(1, 2**21 // int(np.prod(src.shape[1:])))
-            out = np.concatenate(
-                [
-                    run_generator_stack(gen, src[i : i + step], self.device, precision)
-                    for i in range(0, len(src), step)
-                ]
-            )
+            out = run_generator_stack(gen, src, self.device, precision)
         return src, np.where(np.isnan(src), np.nan, out)
 
     def evaluate(self) -> dict[str, float]:

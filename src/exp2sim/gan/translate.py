@@ -219,8 +219,10 @@ class Translator:
         if self.fold is None:
             return self._translate(z)
         volumes = self.fold.fold(z[None])
-        if not self.generator.shifts and volumes.size <= self.max_voxels:
-            out = run_generator_stack(self.generator, volumes, self.device, self.precision)
+        if not self.generator.shifts and volumes[0].size <= self.max_voxels:
+            out = run_generator_stack(
+                self.generator, volumes, self.device, self.precision, self.max_voxels
+            )
         else:
             out = np.stack([self._translate(v) for v in volumes])
         return self.fold.unfold(out, z.shape)[0]
