@@ -118,7 +118,7 @@ PRESETS: dict[str, dict] = {
         "n_train_convolved": 40,
         "n_test": 40,  # per model: a standard error of at most 5.6 % on an accuracy
         "n_mc": 1,  # one point per bin: 5.5 % from 16 points on the best-fit mosaic
-        # the bins-only reference row (25-35 s of simulation) is left out for time: with
+        # the bins-only reference row (25 s of simulation in demo31) is left out for time: with
         # the volume-view GAN the demo took 15 min 49 s on a 2-core Intel Xeon (demo33)
         "reference_bins": False,
         "gan": {
@@ -154,7 +154,8 @@ PRESETS: dict[str, dict] = {
             # deconvolution 29.44 / 0.871 and 29.85 / 0.867 (Richardson-Lucy 31.17 / 0.911);
             # GAN training 292 s in demo34 (Xeon; the 2D GAN's 131 s in demo31 on an AMD
             # EPYC, not timed side by side; docs/measurements.md).
-            # At lr 5e-4 the 3D Sim2Exp kernel saturated on its centre tap (the identity).
+            # At lr 5e-4 the 3D Sim2Exp kernel saturated on its centre tap (the identity;
+            # scratch trial on the EPYC, docs/measurements.md).
             "fold_tiles": [40, 40],
             "fold_pad": 3,
             "kernel": 3,
