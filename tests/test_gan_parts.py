@@ -102,6 +102,38 @@ def test_kernel_generators_take_local_weighted_means(shape):
         TrainConfig(kernel=6)
 
 
+@pytest.mark.parametrize(("kernel", "shape"), [(0, (37,)), (3, (37,)), (3, (8, 12, 12))])
+def test_simulation_generator_never_outputs_negative_intensity(kernel, shape):
+    """The Exp2Sim generator's translations (target: simulation, S(Q, w) >= 0) are clipped
+    at zero intensity, drawn (tanh) or unsharp-masked alike: exactly max(output, 0) of the
+    unclipped output, which the training losses see and which does go negative beside a
+    line at these random weights."""
+    torch.manual_seed(1)
+    free = ResnetGenerator(len(shape), ngf=4, n_blocks=1, kernel=kernel, sharpen=kernel > 0)
+    for p in free.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    clipped = ResnetGenerator(
+        len(shape), ngf=4, n_blocks=1, kernel=kernel, sharpen=kernel > 0, nonnegative=True
+    )
+    clipped.load_state_dict(free.state_dict())
+    x = torch.zeros(2, 1, *shape)
+    x[..., shape[-1] // 2] = 1.0  # one sharp line per spectrum on an empty background
+    x[..., shape[-1] // 2 + 1] = 0.5
+    with torch.no_grad():
+        y_free, y_clipped = free.translation(x), clipped.translation(x)
+        y_training = clipped(x)
+    assert (y_free < -1e-4).any()  # the check below could fail
+    assert (y_clipped >= 0).all()
+    torch.testing.assert_close(y_clipped, y_free.clamp_min(0.0))
+    torch.testing.assert_close(y_training, y_free)
+    z = np.zeros(shape, dtype=np.float32)
+    z[..., shape[-1] // 2] = 1.0
+    assert (run_generator(clipped, z, torch.device("cpu"), "fp32") >= 0).all()
+    model = DCLGAN(TrainConfig(**TINY, kernel=kernel), len(shape))
+    assert model.G_A.nonnegative and not model.G_B.nonnegative  # only toward simulation
+    assert not DCLGAN(TrainConfig(**TINY, nonnegative_simulation=False), 1).G_A.nonnegative
+
+
 def test_kernel_shifts_add_taps_that_move_intensity():
     """Shifted taps (TrainConfig.kernel_shifts) join the softmax: the output stays a
     weighted mean, now of the local window and the shifted values; missing ones (NaN) get no

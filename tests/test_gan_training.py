@@ -471,6 +471,7 @@ def test_train_and_translate_commands_in_every_dimension(tmp_path, shape, extra)
     assert out.shape == a.shape
     np.testing.assert_array_equal(np.isnan(out), np.isnan(a))
     assert np.isfinite(out[~np.isnan(a)]).all()
+    assert (out[~np.isnan(a)] >= 0).all()  # Exp2Sim output: a simulation, never negative
     # one spectrum (no stack axis) translates to one spectrum
     np.save(tmp_path / "one.npy", b[0])
     res = runner.invoke(
@@ -494,6 +495,28 @@ def test_train_and_translate_commands_in_every_dimension(tmp_path, shape, extra)
         args = ["translate", str(tmp_path / "bad.npy"), "--run", str(tmp_path / "run")]
         res = runner.invoke(app, [*args, "--out", str(tmp_path / "bad-out.npy")])
         assert res.exit_code == 2 and "whole number of the model's 16 x 16 tiles" in res.stderr
+
+
+def test_exp2sim_translations_are_clipped_only_for_a_nonnegative_simulation(tmp_path):
+    """The Exp2Sim translations are clipped at zero (TrainConfig.nonnegative_simulation)
+    when domain B, the simulation, has no negative values; a domain B with some (say
+    background-subtracted data) leaves them unclipped, and the run records which."""
+    a = blur(sharp_spectra(4, (24,), seed=0), 1.0)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", sharp_spectra(4, (24,), seed=1))
+    np.save(tmp_path / "b-neg.npy", sharp_spectra(4, (24,), seed=1) - 0.1)
+    config = TrainConfig(**TINY, epochs=1, epochs_decay=0, iterations_per_epoch=1)
+    for b, clipped in (("b.npy", True), ("b-neg.npy", False)):
+        out = tmp_path / f"run-{b}"
+        trainer = Trainer.new(config, tmp_path / "a.npy", tmp_path / b, out)
+        assert trainer.model.G_A.nonnegative is clipped and not trainer.model.G_B.nonnegative
+        trainer.fit()
+        assert read_info(out / CHECKPOINT)["data"]["b_nonnegative"] is clipped
+        assert Translator.from_run(out, "exp2sim").generator.nonnegative is clipped
+        assert not Translator.from_run(out, "sim2exp").generator.nonnegative
+    off = config.replace(nonnegative_simulation=False)
+    trainer = Trainer.new(off, tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "off")
+    assert not trainer.model.G_A.nonnegative
 
 
 def test_translate_keeps_an_h5_dataset_and_rejects_bad_input(tmp_path):

@@ -37,6 +37,13 @@ class TrainConfig:
     # that the neighbouring tiles of a row (the PCSMO mosaic's energy slices) are neighbours
     fold_tiles: tuple[int, ...] = ()
     fold_pad: int = 3
+    # not in the paper: the Exp2Sim generator's translations are clipped at zero intensity,
+    # as a simulated S(Q, w) never is negative (the training losses see them unclipped, see
+    # ResnetGenerator.translation). Its unsharp mask overshoots below zero beside lines and in
+    # noise: on demo34's test set 47 % of the deconvolved pixels were negative, and the
+    # unconvolved classifier called 97 % of those spectra none of its models (clipped: 6 %).
+    # Off by itself when domain B's files hold negative values (RunData.clips).
+    nonnegative_simulation: bool = True
     nce_layers: tuple[str, ...] = ("down1", "down2", "block1", "block5")
     nce_patches: int = 256  # locations sampled per layer and image
     nce_units: int = 256  # projection head width

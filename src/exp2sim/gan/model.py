@@ -122,7 +122,7 @@ def _forward(
     x = tensor(np.nan_to_num(z, nan=0.0))[:, None]
     ctx = None if context is None else tensor(context)
     with autocast(device, precision):
-        return generator(x, context=ctx).float()[:, 0].cpu().numpy()
+        return generator.translation(x, ctx).float()[:, 0].cpu().numpy()
 
 
 @contextlib.contextmanager
@@ -146,7 +146,9 @@ class DCLGAN(nn.Module):
         super().__init__()
         self.config, self.dim = config, dim
         c = config
-        self.G_A = ResnetGenerator(dim, c.ngf, c.n_blocks, c.kernel, True, c.kernel_shifts)
+        self.G_A = ResnetGenerator(
+            dim, c.ngf, c.n_blocks, c.kernel, True, c.kernel_shifts, c.nonnegative_simulation
+        )
         self.G_B = ResnetGenerator(dim, c.ngf, c.n_blocks, c.kernel, False, c.kernel_shifts)
         self.D_A = PatchDiscriminator(dim, c.ndf, c.d_layers)
         self.D_B = PatchDiscriminator(dim, c.ndf, c.d_layers)

@@ -83,6 +83,9 @@ class ResnetGenerator(nn.Module):
     softmax runs over the k^dim local taps and the shifted ones, so these too move intensity
     rather than make it: in the PCSMO mosaic, the energy resolution moves 8-14 % of a
     slice's intensity into each neighbouring slice, 40 pixels away.
+
+    `nonnegative` (not in the paper) marks the generator whose target is the simulation,
+    where S(Q, w) >= 0: its translations are clipped at zero intensity (`translation`).
     """
 
     def __init__(
@@ -93,8 +96,10 @@ class ResnetGenerator(nn.Module):
         kernel: int = 0,
         sharpen: bool = False,
         shifts: tuple[tuple[int, ...], ...] = (),
+        nonnegative: bool = False,
     ) -> None:
         super().__init__()
+        self.nonnegative = nonnegative
         if kernel < 0 or (kernel and kernel % 2 == 0):
             raise ValueError(f"kernel must be 0 or an odd number of taps, got {kernel}")
         self.dim, self.ngf, self.n_blocks = dim, ngf, n_blocks
@@ -190,6 +195,15 @@ class ResnetGenerator(nn.Module):
         if layers:
             return y, [feats[n] for n in layers]
         return y
+
+    def translation(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward`'s output as a translation: clipped at zero intensity (normalised 0 is
+        intensity 0 in every domain) for a `nonnegative` generator. The training losses see
+        the unclipped output, so that overshooting below zero still costs: clipping in
+        training too made the demo's deconvolutions worse (PSNR 29.8 dB against 30.5 dB,
+        clipped afterwards; one run each)."""
+        y = self(x, context=context)
+        return y.clamp_min(0.0) if self.nonnegative else y
 
     def set_scales(self, source: IntensityScale, target: IntensityScale) -> None:
         """The source and target domains' intensity normalisations (kernel generators)."""

@@ -73,6 +73,13 @@ class RunData:
     crop: tuple[int, ...]
     axes_a: dict[str, np.ndarray] | None = None  # bin centres, when the files have axes
     axes_b: dict[str, np.ndarray] | None = None
+    b_nonnegative: bool = True  # no negative value in domain B's files (see `clips`)
+
+    def clips(self, config: TrainConfig) -> bool:
+        """Whether the Exp2Sim translations are clipped at zero intensity: asked for
+        (`nonnegative_simulation`) and domain B, the simulation, has no negative values
+        (background-subtracted data, say, may have)."""
+        return config.nonnegative_simulation and self.b_nonnegative
 
     def info(self) -> dict:
         info = {
@@ -85,6 +92,7 @@ class RunData:
             "scale_b": self.b.scale.to_dict(),
             "level_a": self.a.level,
             "level_b": self.b.level,
+            "b_nonnegative": self.b_nonnegative,
         }
         for key, axes in (("axes_a", self.axes_a), ("axes_b", self.axes_b)):
             if axes is not None:  # inputs to translate are checked against them
@@ -139,7 +147,8 @@ def prepare_data(
             f"too small for a {config.d_layers}-layer discriminator (needs "
             f"{config.min_crop()} pixels per axis): lower d_layers or use larger spectra"
         )
-    return RunData(a, b, dim, spectrum_dim, crop, file_a.axes, file_b.axes)
+    b_nonnegative = bool(np.nanmin(spectra_b) >= 0)
+    return RunData(a, b, dim, spectrum_dim, crop, file_a.axes, file_b.axes, b_nonnegative)
 
 
 class Trainer:
@@ -155,6 +164,7 @@ class Trainer:
             keep_freed_memory()  # reuse pages instead of faulting in new ones every step
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = DCLGAN(config, data.dim).to(self.device)
+        self.model.G_A.nonnegative = data.clips(config)
         self.model.set_scales(data.a.scale, data.b.scale)
         self.opt_g, self.opt_d = self.model.optimisers()
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
