@@ -242,10 +242,11 @@ def test_stem_texture_measures_contrast_as_a_ratio_and_deeper_blocks_ignore_it()
 def test_features_of_a_folded_spectrum_describe_all_its_volumes():
     """A volume-view generator (gan/fold.py) sees a 2 x 8-tile mosaic as 2 volumes: one
     feature vector per mosaic, whose texture statistics are taken over both volumes
-    together (the stem block equals the log-deviation over both, computed by hand) and
-    whose layout holds each volume's cells in turn (swapping the mosaic's two rows of tiles
-    leaves the texture and changes the layout). A mosaic of another number of rows is
-    refused."""
+    together, each weighing its share of the intensity (the stem block equals the weighted
+    log-deviation over both, computed by hand; an empty row of tiles adds nothing: [r; 0]
+    has the texture of [r; r]), and whose layout holds each volume's cells in turn
+    (swapping the mosaic's two rows of tiles leaves the texture and changes the layout). A
+    mosaic of another number of rows is refused."""
     torch.manual_seed(3)
     g = ResnetGenerator(3, ngf=4, n_blocks=2)
     fold = TileFold((16, 16), pad=4)
@@ -258,11 +259,21 @@ def test_features_of_a_folded_spectrum_describe_all_its_volumes():
     with torch.no_grad():
         volumes = torch.from_numpy(np.nan_to_num(fold.fold(x[:1])))[:, None]
         _, (stem,) = g(volumes, ["stem"], encode_only=True)
-    by_hand = stem.transpose(0, 1).reshape(stem.shape[1], -1).std(-1, unbiased=False).log()
-    np.testing.assert_allclose(f[0, : extractor.blocks[0]], by_hand.numpy(), rtol=1e-4)
+    share = np.abs(np.nan_to_num(fold.fold(x[:1]))).reshape(2, -1).sum(1)
+    share /= share.sum()
+    assert abs(share[0] - share[1]) > 0.05  # unequal weights, or the check below is weak
+    values = stem.transpose(0, 1).reshape(stem.shape[1], -1).double().numpy()  # (C, 2 P)
+    weights = np.repeat(share, values.shape[1] // 2)
+    mean = np.average(values, axis=1, weights=weights)
+    by_hand = np.log(np.sqrt(np.average((values - mean[:, None]) ** 2, axis=1, weights=weights)))
+    np.testing.assert_allclose(f[0, : extractor.blocks[0]], by_hand, rtol=1e-4)
+    n = sum(extractor.blocks[:4])
+    row = x[:1, :16]
+    half_empty = extractor.normalised(np.concatenate([row, np.zeros_like(row)], axis=1))
+    doubled = extractor.normalised(np.concatenate([row, row], axis=1))
+    np.testing.assert_allclose(half_empty[:, :n], doubled[:, :n], rtol=1e-4, atol=1e-5)
     swapped = np.concatenate([x[:, 16:], x[:, :16]], axis=1)
     g_swapped = extractor.normalised(swapped)
-    n = sum(extractor.blocks[:4])
     np.testing.assert_allclose(g_swapped[:, :n], f[:, :n], rtol=1e-4, atol=1e-5)
     assert np.abs(g_swapped[:, n:] - f[:, n:]).max() > 0.1 * np.abs(f[:, n:]).max()
     with pytest.raises(ValueError, match="fold into 3 volumes each; the features were set up"):

@@ -46,9 +46,10 @@ if TYPE_CHECKING:
 
 VERDICTS = ("trustworthy", "expert opinion", "untrustworthy")
 FORMAT = "exp2sim-applicability"
-VERSION = 4  # 2: inputs and training features matched to the training intensity level;
+VERSION = 5  # 2: inputs and training features matched to the training intensity level;
 # 3: texture blocks at three encoder depths in place of the last block's means and deviations;
-# 4: a fourth texture block, the stem's, as log deviations
+# 4: a fourth texture block, the stem's, as log deviations; 5: a volume view's texture
+# statistics weigh each volume by its share of the spectrum's intensity
 
 
 @dataclass(frozen=True)
