@@ -238,10 +238,14 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     assert "gap_closed_convolution_bins" in m
     assert np.isfinite(m["fidelity_convolution"][BINS_ROW]["psnr"])
     assert set(m["applicability"]) >= {"digits", "photographs", "Rb2MnF4", "negative control"}
+    for summary in m["applicability"].values():  # a median lies within one std of the mean
+        assert abs(summary["median"] - summary["mean"]) <= summary["std"] + 1e-6
     for fractions in m["known_fraction"].values():
-        assert set(fractions) == set(m["applicability"]) - {"training set"}
-        # fractions of the sets' sizes (n_test per model for the tests, n_outliers else)
-        sizes = {k: 2 * 3 if k.startswith("test") else 3 for k in fractions}
+        translations = {"GAN-deconvolved", "Richardson-Lucy", "GAN-convolved", "Gaussian blur"}
+        assert set(fractions) == set(m["applicability"]) - {"training set"} | translations
+        # fractions of the sets' sizes (n_test per model for the tests and their
+        # translations, n_outliers else)
+        sizes = {k: 2 * 3 if k.startswith("test") or k in translations else 3 for k in fractions}
         assert all(abs(v * sizes[k] - round(v * sizes[k])) < 1e-9 for k, v in fractions.items())
     report = (out / "report.md").read_text()
     assert "Gap closed by the GAN" in report and "ROC AUC" in report

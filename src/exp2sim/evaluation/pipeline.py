@@ -394,7 +394,16 @@ def run_evaluation(
         forward = {k: float(v.mean()) for k, v in correct_fwd.items()}
         reverse = {k: float(v.mean()) for k, v in correct_rev.items()}
         # does either classifier call the out-of-distribution inputs "none of the known"?
-        novel = {"test (unconvolved)": test.signal, "test (convolved)": test_conv.signal, **extra}
+        # and the translations: the target domain's classifier should call them known
+        novel = {
+            "test (unconvolved)": test.signal,
+            "test (convolved)": test_conv.signal,
+            "GAN-deconvolved": deconvolved,
+            "Richardson-Lucy": lucy,
+            "GAN-convolved": convolved,
+            "Gaussian blur": blurred,
+            **extra,
+        }
         known = {
             name: {k: float(clf.known(x).mean()) for k, x in novel.items()}
             for name, clf in (("unconvolved", cls_unconvolved), ("convolved", cls_convolved))
@@ -538,6 +547,7 @@ def assess_applicability(
             means = result.distances.mean(axis=1)
             summary[name] = {
                 "mean": float(means.mean()),
+                "median": float(np.median(means)),
                 "std": float(means.std()),
                 "verdicts": {v: int(np.sum(np.asarray(result.verdicts) == v)) for v in _VERDICTS},
             }

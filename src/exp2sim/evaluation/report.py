@@ -108,14 +108,28 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
             [
                 name,
                 f"{s['mean']:.3g} +- {s['std']:.2g}",
+                f"{s['median']:.3g}" if "median" in s else "-",
                 f"{v['trustworthy']} / {v['expert opinion']} / {v['untrustworthy']}",
                 "-" if auc is None else f"{auc:.3f}",
             ]
         )
     out += _table(
-        ["inputs", "mean distance", "trustworthy / expert / untrustworthy", "ROC AUC vs test"],
+        [
+            "inputs",
+            "mean distance",
+            "median",
+            "trustworthy / expert / untrustworthy",
+            "ROC AUC vs test",
+        ],
         rows,
     )
+    out += [
+        "",
+        "Each input's distance is the mean of its distribution over the repeats; the columns "
+        "give the mean (+- standard deviation) and the median of those over the set. One "
+        "input far out (an Rb2MnF4 mosaic with almost nothing in the instrument's window) "
+        "can dominate a set's mean; the median says where the set's typical input lies.",
+    ]
     known = m["known_fraction"]
     out += [
         "",
@@ -125,7 +139,9 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "certainty at or above its threshold and the novelty distance within its limit; "
         'see `DUQClassifier.known`); it calls the rest "none of the known models". For the '
         "out-of-distribution sets this should be near 0 %; where it is not, trust the "
-        "applicability verdicts above rather than the classifier.",
+        "applicability verdicts above rather than the classifier. A translation should be "
+        "known to the classifier of its target domain: the deconvolved spectra to the "
+        "unconvolved classifier, the convolved ones to the convolved classifier.",
         "",
     ]
     out += _table(
