@@ -105,9 +105,11 @@ def test_kernel_generators_take_local_weighted_means(shape):
 @pytest.mark.parametrize(("kernel", "shape"), [(0, (37,)), (3, (37,)), (3, (8, 12, 12))])
 def test_simulation_generator_never_outputs_negative_intensity(kernel, shape):
     """The Exp2Sim generator's translations (target: simulation, S(Q, w) >= 0) are clipped
-    at zero intensity, drawn (tanh) or unsharp-masked alike: exactly max(output, 0) of the
-    unclipped output, which the training losses see and which does go negative beside a
-    line at these random weights."""
+    at zero intensity, drawn (tanh) or unsharp-masked alike, where the unclipped output,
+    which the training losses see, does go negative beside a line at these random weights.
+    A drawing generator's are exactly max(output, 0); a kernel generator's are that in
+    intensity units times one factor <= 1 per input, which keeps each input's summed
+    intensity."""
     torch.manual_seed(1)
     free = ResnetGenerator(len(shape), ngf=4, n_blocks=1, kernel=kernel, sharpen=kernel > 0)
     for p in free.parameters():
@@ -116,16 +118,37 @@ def test_simulation_generator_never_outputs_negative_intensity(kernel, shape):
         len(shape), ngf=4, n_blocks=1, kernel=kernel, sharpen=kernel > 0, nonnegative=True
     )
     clipped.load_state_dict(free.state_dict())
+    if kernel:  # intensities s sinh(gain z), here 2 sinh(1.5 z) in the target domain
+        target = IntensityScale(q=2.0 * math.sinh(1.5), compression=math.sinh(1.5))
+        for g in (free, clipped):
+            g.set_scales(IntensityScale(q=0.1, compression=10.0), target)
     x = torch.zeros(2, 1, *shape)
     x[..., shape[-1] // 2] = 1.0  # one sharp line per spectrum on an empty background
     x[..., shape[-1] // 2 + 1] = 0.5
     with torch.no_grad():
         y_free, y_clipped = free.translation(x), clipped.translation(x)
         y_training = clipped(x)
-    assert (y_free < -1e-4).any()  # the check below could fail
+    assert (y_free < -1e-4).any()  # the checks below could fail
     assert (y_clipped >= 0).all()
-    torch.testing.assert_close(y_clipped, y_free.clamp_min(0.0))
     torch.testing.assert_close(y_training, y_free)
+    if not kernel:
+        torch.testing.assert_close(y_clipped, y_free.clamp_min(0.0))
+    else:
+        s, gain = clipped.scales[2].item(), clipped.scales[3].item()
+        assert (s, round(gain, 6)) == (2.0, 1.5)
+        i_free = (s * torch.sinh(gain * y_free.double())).flatten(1)
+        i_clipped = (s * torch.sinh(gain * y_clipped.double())).flatten(1)
+        factor = i_free.sum(1) / i_free.clamp_min(0).sum(1)
+        assert ((factor > 0.5) & (factor < 1 - 1e-3)).all()
+        torch.testing.assert_close(i_clipped, i_free.clamp_min(0) * factor[:, None])
+        torch.testing.assert_close(i_clipped.sum(1), i_free.sum(1))
+        # only measured pixels count (a masked pixel's output is thrown away)
+        measured = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) > 0.3
+        with torch.no_grad():
+            y_part = clipped.translation(x, measured=measured)
+        i_part = (s * torch.sinh(gain * y_part.double())).flatten(1)
+        keep = measured.flatten(1)
+        torch.testing.assert_close((i_part * keep).sum(1), (i_free * keep).sum(1))
     z = np.zeros(shape, dtype=np.float32)
     z[..., shape[-1] // 2] = 1.0
     assert (run_generator(clipped, z, torch.device("cpu"), "fp32") >= 0).all()

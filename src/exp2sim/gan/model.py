@@ -120,9 +120,10 @@ def _forward(
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
     x = tensor(np.nan_to_num(z, nan=0.0))[:, None]
+    measured = torch.from_numpy(np.isfinite(z)).to(device)[:, None]
     ctx = None if context is None else tensor(context)
     with autocast(device, precision):
-        return generator.translation(x, ctx).float()[:, 0].cpu().numpy()
+        return generator.translation(x, ctx, measured).float()[:, 0].cpu().numpy()
 
 
 @contextlib.contextmanager

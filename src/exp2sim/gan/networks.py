@@ -196,14 +196,46 @@ class ResnetGenerator(nn.Module):
             return y, [feats[n] for n in layers]
         return y
 
-    def translation(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """`forward`'s output as a translation: clipped at zero intensity (normalised 0 is
-        intensity 0 in every domain) for a `nonnegative` generator. The training losses see
-        the unclipped output, so that overshooting below zero still costs: clipping in
+    def translation(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        measured: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward`'s output as a translation: for a `nonnegative` generator, clipped at
+        zero intensity (normalised 0 is intensity 0 in every domain) and, for a kernel
+        generator, whose intensities are known, scaled so that each input of the batch
+        keeps the summed intensity of the unclipped output over its `measured` pixels
+        (bool, x's shape; None: all; masked pixels' outputs are thrown away, so they must
+        not count). The training losses see the
+        unclipped output, so that overshooting below zero still costs: clipping in
         training too made the demo's deconvolutions worse (PSNR 29.8 dB against 30.5 dB,
-        clipped afterwards; one run each)."""
+        clipped afterwards; one run each).
+
+        Why the scaling: what is clipped is mostly the unsharp mask's amplified noise in
+        empty regions, whose negative half alone would go: clipped only, demo36's GAN-
+        deconvolved test spectra held 115.9 % of the true spectra's intensity (101.8 %
+        unclipped); scaled back, 101.8 %, PSNR 30.68 dB against 30.48, SSIM 0.901 against
+        0.900, the same accuracy."""
         y = self(x, context=context)
-        return y.clamp_min(0.0) if self.nonnegative else y
+        if not self.nonnegative:
+            return y
+        clipped = y.clamp_min(0.0)
+        if not self.kernel:
+            return clipped
+        s_target, gain_target = self.scales[2], self.scales[3]
+
+        def summed(z: torch.Tensor) -> torch.Tensor:  # intensity per input (B, 1, ...)
+            intensity = s_target * torch.sinh(gain_target * z.double())
+            if measured is not None:
+                intensity = intensity * measured
+            return intensity.flatten(1).sum(1).view((-1,) + (1,) * (z.dim() - 1))
+
+        before, after = summed(y), summed(clipped)
+        factor = torch.where(after > 0, (before / after.clamp_min(1e-300)).clamp(0, 1), 1.0)
+        # scale intensities, then normalise again (the normalisation is not linear)
+        intensity = s_target * torch.sinh(gain_target * clipped.double()) * factor
+        return (torch.asinh(intensity / s_target) / gain_target).to(y.dtype)
 
     def set_scales(self, source: IntensityScale, target: IntensityScale) -> None:
         """The source and target domains' intensity normalisations (kernel generators)."""
