@@ -73,8 +73,9 @@ each set's distances on the demo's volume-view GAN (demo35, seed 0), equal weigh
 intensity shares: training 0.74 / 0.74, test 0.79 / 0.78, unconvolved 1.53 / 1.82,
 artefacts 5.21 / 5.12, negative control 4.65 / 5.87, Rb2MnF4 15.1 / 11.7, photographs
 13.6 / 13.4, digits 13.1 / 14.9; ROC AUC of photographs and digits 1.000 either way. On
-two more GANs (seeds 1, 2) with shares: Rb2MnF4 15.5 / 12.9, photographs 22.4 / 12.7,
-digits 20.2 / 12.0: below both on one, level with them on the other. One Rb2MnF4 mosaic
+two more GANs (seed 1, and an unfinished run of seed 2) with shares: Rb2MnF4 15.5 / 12.9,
+photographs 22.4 / 12.7, digits 20.2 / 12.0: below both on one, level with them on the
+other. One Rb2MnF4 mosaic
 (J1 = 0.05 meV) has almost nothing in the window and scores in the thousands, so that
 set's mean says little.
 
@@ -173,13 +174,16 @@ def texture_block(h: torch.Tensor, weights: torch.Tensor | None = None) -> torch
     channel's standard deviation over all positions of a spectrum's volumes, the positions
     of volume v weighing weights[b, v] in all (weights (B, V), rows summing to 1; None:
     one volume per spectrum)."""
-    v = 1 if weights is None else weights.shape[1]
-    x = h.double().reshape(len(h) // v, v, h.shape[1], -1)  # (B, V, C, positions)
-    w = torch.ones(x.shape[:2], dtype=x.dtype) if weights is None else weights.to(x.dtype)
-    w = w.to(x.device)[..., None]
-    mean = (w * x.mean(-1)).sum(1)
-    second = (w * x.pow(2).mean(-1)).sum(1)
-    return (second - mean.pow(2)).clamp_min(0.0).sqrt().to(h.dtype)
+    if weights is None:
+        return h.flatten(2).std(-1, unbiased=False)
+    v = weights.shape[1]
+    x = h.reshape(len(h) // v, v, h.shape[1], -1)  # (B, V, C, positions)
+    w = weights.to(h)[..., None]  # (B, V, 1)
+    means = x.mean(-1)  # (B, V, C)
+    mean = (w * means).sum(1, keepdim=True)
+    # the weighted variance: each volume's own variance plus its mean's offset
+    variance = (w * (x.var(-1, unbiased=False) + (means - mean) ** 2)).sum(1)
+    return variance.sqrt()
 
 
 def volume_weights(z: np.ndarray, per: int) -> np.ndarray:
@@ -270,7 +274,9 @@ class FeatureExtractor:
             for start in range(0, len(z), batch):
                 x = torch.from_numpy(np.ascontiguousarray(z[start : start + batch]))
                 _, hs = self.generator(x[:, None].to(device), self.texture_layers, encode_only=True)
-                weights = torch.from_numpy(volume_weights(z[start : start + batch], per))
+                weights = None  # one volume per spectrum: nothing to weigh
+                if per > 1:
+                    weights = torch.from_numpy(volume_weights(z[start : start + batch], per))
                 # the stem's deviations scale with the input's contrast: their logarithm
                 parts = [texture_block(hs[0].float(), weights).clamp_min(TEXTURE_FLOOR).log()]
                 parts += [texture_block(h.float(), weights) for h in hs[1:]]

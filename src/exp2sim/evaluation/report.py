@@ -108,7 +108,7 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
             [
                 name,
                 f"{s['mean']:.3g} +- {s['std']:.2g}",
-                f"{s['median']:.3g}" if "median" in s else "-",
+                f"{s['median']:.3g}",
                 f"{v['trustworthy']} / {v['expert opinion']} / {v['untrustworthy']}",
                 "-" if auc is None else f"{auc:.3f}",
             ]

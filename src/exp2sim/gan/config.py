@@ -39,10 +39,10 @@ class TrainConfig:
     fold_pad: int = 3
     # not in the paper: the Exp2Sim generator's translations are clipped at zero intensity,
     # as a simulated S(Q, w) never is negative (the training losses see them unclipped, see
-    # ResnetGenerator.translation). Its unsharp mask overshoots below zero beside lines and in
-    # noise: on demo34's test set 47 % of the deconvolved pixels were negative, and the
-    # unconvolved classifier called 97 % of those spectra none of its models (clipped: 6 %).
-    # Off by itself when domain B's files hold negative values (RunData.clips).
+    # ResnetGenerator.translation). Its unsharp mask overshoots below zero: on demo34's test
+    # set 47 % of the deconvolved pixels were negative, and the unconvolved classifier called
+    # 97 % of those spectra none of its models (clipped: 6 %).
+    # Off by itself when domain B's files hold negative values (`clips`).
     nonnegative_simulation: bool = True
     nce_layers: tuple[str, ...] = ("down1", "down2", "block1", "block5")
     nce_patches: int = 256  # locations sampled per layer and image
@@ -136,6 +136,12 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must lie between 0 and 1")
+
+    def clips(self, b_nonnegative: bool = True) -> bool:
+        """Whether the Exp2Sim translations are clipped at zero intensity: asked for
+        (`nonnegative_simulation`) and domain B, the simulation, has no negative values
+        (background-subtracted data, say, may have)."""
+        return self.nonnegative_simulation and b_nonnegative
 
     def folding(self) -> TileFold | None:
         """The fold of 2D spectra into volumes, or None (spectra as they are)."""

@@ -75,7 +75,7 @@ def run_generator(
     precision: str,
     context: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Translate one normalised spectrum z (*S, NaN or 0 where masked) with `generator`:
+    """Translate one normalised spectrum z (*S, NaN where masked) with `generator`:
     (*S) float32. `context`: the shifted taps (n_shifts, *S) of a generator with kernel
     shifts, NaN where missing; None: taken from z (`data.shifted_copies`), right when z is a
     whole spectrum, not a tile of one."""
@@ -92,7 +92,7 @@ def run_generator_stack(
     precision: str,
     max_voxels: int = 2**21,
 ) -> np.ndarray:
-    """Translate a stack (n, *S) of normalised spectra (NaN or 0 where masked) with a
+    """Translate a stack (n, *S) of normalised spectra (NaN where masked) with a
     generator without kernel shifts, in passes of at most `max_voxels` input voxels: (n, *S)
     float32. Instance norm is per spectrum, so this equals n calls of `run_generator` (to
     float round-off), with less overhead for small spectra (a folded mosaic's volumes: 1.34 s
@@ -113,14 +113,17 @@ def _forward(
     precision: str,
     context: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One generator pass over a stack z (n, *S) (NaN = 0), with shifted taps `context`
-    (n, n_shifts, *S) or None: (n, *S) float32."""
+    """One generator pass over a stack z (n, *S) (NaN = masked, passed as 0), with shifted
+    taps `context` (n, n_shifts, *S) or None: (n, *S) float32. The finite pixels are the
+    measured ones of `ResnetGenerator.translation`."""
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
     x = tensor(np.nan_to_num(z, nan=0.0))[:, None]
-    measured = torch.from_numpy(np.isfinite(z)).to(device)[:, None]
+    measured = None
+    if generator.nonnegative:  # only a clipped translation needs them
+        measured = torch.from_numpy(np.isfinite(z)).to(device)[:, None]
     ctx = None if context is None else tensor(context)
     with autocast(device, precision):
         return generator.translation(x, ctx, measured).float()[:, 0].cpu().numpy()
@@ -141,14 +144,15 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
 
 
 class DCLGAN(nn.Module):
-    """The six networks of Exp2SimGAN for `dim`-dimensional spectra, and one training step."""
+    """The six networks of Exp2SimGAN for `dim`-dimensional spectra, and one training step.
+    `b_nonnegative`: domain B's spectra have no negative values (`TrainConfig.clips`)."""
 
-    def __init__(self, config: TrainConfig, dim: int) -> None:
+    def __init__(self, config: TrainConfig, dim: int, b_nonnegative: bool = True) -> None:
         super().__init__()
         self.config, self.dim = config, dim
         c = config
         self.G_A = ResnetGenerator(
-            dim, c.ngf, c.n_blocks, c.kernel, True, c.kernel_shifts, c.nonnegative_simulation
+            dim, c.ngf, c.n_blocks, c.kernel, True, c.kernel_shifts, c.clips(b_nonnegative)
         )
         self.G_B = ResnetGenerator(dim, c.ngf, c.n_blocks, c.kernel, False, c.kernel_shifts)
         self.D_A = PatchDiscriminator(dim, c.ndf, c.d_layers)

@@ -59,6 +59,16 @@ def encoder_layer_names(n_blocks: int) -> list[str]:
     return ["stem", "down1", "down2"] + [f"block{i + 1}" for i in range(n_blocks)]
 
 
+def _intensity(z: torch.Tensor, s: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """Normalised values -> intensities, s sinh(gain z) (`IntensityScale.inverse`)."""
+    return s * torch.sinh(gain * z)
+
+
+def _normalised(intensity: torch.Tensor, s: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """Intensities -> normalised values, asinh(I / s) / gain (`IntensityScale.transform`)."""
+    return torch.asinh(intensity / s) / gain
+
+
 class ResnetGenerator(nn.Module):
     """ResNet generator: 7-wide stem, two anti-aliased downsamplings (x2 channels each),
     `n_blocks` residual blocks at 1/4 resolution, two anti-aliased upsamplings, 7-wide head,
@@ -207,10 +217,9 @@ class ResnetGenerator(nn.Module):
         generator, whose intensities are known, scaled so that each input of the batch
         keeps the summed intensity of the unclipped output over its `measured` pixels
         (bool, x's shape; None: all; masked pixels' outputs are thrown away, so they must
-        not count). The training losses see the
-        unclipped output, so that overshooting below zero still costs: clipping in
-        training too made the demo's deconvolutions worse (PSNR 29.8 dB against 30.5 dB,
-        clipped afterwards; one run each).
+        not count). The training losses see the unclipped output, so that overshooting
+        below zero still costs: clipping in training too made the demo's deconvolutions
+        worse (PSNR 29.8 dB against 30.5 dB, clipped afterwards; one run each).
 
         Why the scaling: clipping cuts the negative half alone of whatever oscillates
         about zero (beside lines, and likely the noise the unsharp mask amplifies in
@@ -221,22 +230,18 @@ class ResnetGenerator(nn.Module):
         y = self(x, context=context)
         if not self.nonnegative:
             return y
-        clipped = y.clamp_min(0.0)
         if not self.kernel:
-            return clipped
+            return y.clamp_min(0.0)
         s_target, gain_target = self.scales[2], self.scales[3]
-
-        def summed(z: torch.Tensor) -> torch.Tensor:  # intensity per input (B, 1, ...)
-            intensity = s_target * torch.sinh(gain_target * z.double())
-            if measured is not None:
-                intensity = intensity * measured
-            return intensity.flatten(1).sum(1).view((-1,) + (1,) * (z.dim() - 1))
-
-        before, after = summed(y), summed(clipped)
+        # sinh is odd and increasing: clipping intensities clips the normalised values
+        intensity = _intensity(y.double(), s_target, gain_target)
+        kept = intensity.clamp_min(0.0)
+        weight = 1.0 if measured is None else measured
+        before = (intensity * weight).flatten(1).sum(1)
+        after = (kept * weight).flatten(1).sum(1)
         factor = torch.where(after > 0, (before / after.clamp_min(1e-300)).clamp(0, 1), 1.0)
-        # scale intensities, then normalise again (the normalisation is not linear)
-        intensity = s_target * torch.sinh(gain_target * clipped.double()) * factor
-        return (torch.asinh(intensity / s_target) / gain_target).to(y.dtype)
+        factor = factor.view((-1,) + (1,) * (y.dim() - 1))
+        return _normalised(kept * factor, s_target, gain_target).to(y.dtype)
 
     def set_scales(self, source: IntensityScale, target: IntensityScale) -> None:
         """The source and target domains' intensity normalisations (kernel generators)."""
@@ -257,7 +262,7 @@ class ResnetGenerator(nn.Module):
         s_source, gain_source, s_target, gain_target = self.scales
 
         def to_intensity(z: torch.Tensor) -> torch.Tensor:
-            return s_source * torch.sinh(gain_source * z.float())
+            return _intensity(z.float(), s_source, gain_source)
 
         intensity = to_intensity(x)
         tap_logits = logits[:, :taps].float() + self.prior.view((1, taps) + (1,) * self.dim)
@@ -279,7 +284,7 @@ class ResnetGenerator(nn.Module):
         if self.sharpen:
             amount = F.softplus(logits[:, taps:].float() - 2.0)  # starts near 0.13
             out = (1 + amount) * intensity - amount * out
-        return torch.asinh(out / s_target) / gain_target
+        return _normalised(out, s_target, gain_target)
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         """The decoder on the last block's output; when translating on the CPU, each

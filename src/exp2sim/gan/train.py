@@ -73,13 +73,7 @@ class RunData:
     crop: tuple[int, ...]
     axes_a: dict[str, np.ndarray] | None = None  # bin centres, when the files have axes
     axes_b: dict[str, np.ndarray] | None = None
-    b_nonnegative: bool = True  # no negative value in domain B's files (see `clips`)
-
-    def clips(self, config: TrainConfig) -> bool:
-        """Whether the Exp2Sim translations are clipped at zero intensity: asked for
-        (`nonnegative_simulation`) and domain B, the simulation, has no negative values
-        (background-subtracted data, say, may have)."""
-        return config.nonnegative_simulation and self.b_nonnegative
+    b_nonnegative: bool = True  # no negative value in domain B's files (TrainConfig.clips)
 
     def info(self) -> dict:
         info = {
@@ -163,8 +157,7 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()  # reuse pages instead of faulting in new ones every step
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.model = DCLGAN(config, data.dim).to(self.device)
-        self.model.G_A.nonnegative = data.clips(config)
+        self.model = DCLGAN(config, data.dim, data.b_nonnegative).to(self.device)
         self.model.set_scales(data.a.scale, data.b.scale)
         self.opt_g, self.opt_d = self.model.optimisers()
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)

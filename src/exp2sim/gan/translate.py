@@ -150,9 +150,7 @@ class Translator:
             sharpen=name == "G_A",
             shifts=config.kernel_shifts,
             # runs from before b_nonnegative was recorded: clipped as asked
-            nonnegative=name == "G_A"
-            and config.nonnegative_simulation
-            and info["data"].get("b_nonnegative", True),
+            nonnegative=name == "G_A" and config.clips(info["data"].get("b_nonnegative", True)),
         )
         try:
             generator.load_state_dict(weights)
