@@ -228,6 +228,14 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
         assert key in m
     for table in ("accuracy_classifier_unconvolved", "accuracy_classifier_convolved"):
         assert all(0.0 <= v <= 1.0 for v in m[table].values())
+    for trained_on, gan in (("unconvolved", "GAN-deconvolved"), ("convolved", "GAN-convolved")):
+        c = m[f"certainty_classifier_{trained_on}"]
+        assert list(c["mean"]) == list(m[f"accuracy_classifier_{trained_on}"])
+        assert all(0.0 <= v <= 1.0 for v in c["mean"].values())
+        truth, before = list(c["mean"].values())[:2]
+        if truth > before:
+            expected = (c["mean"][gan] - before) / (truth - before)
+            assert abs(c["gap_closed"][gan] - expected) < 1e-12
     # the bins-only reference: its own paired test spectra, a row and a fidelity
     from exp2sim.evaluation.pipeline import BINS_ROW
 
@@ -249,6 +257,7 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
         assert all(abs(v * sizes[k] - round(v * sizes[k])) < 1e-9 for k, v in fractions.items())
     report = (out / "report.md").read_text()
     assert "Gap closed by the GAN" in report and "ROC AUC" in report
+    assert "Certainty gap closed by the GAN" in report
     assert "know what it does not know" in report
     assert m["volume"]["shape"] == [16, 16, 16]
     assert np.isfinite(m["volume"]["psnr_deconvolution"]["GAN"])

@@ -401,3 +401,19 @@ def test_gap_closed_interval_brackets_the_estimate_and_narrows_with_more_spectra
     assert (hi_s - lo_s) > 4 * (hi_l - lo_l)  # ~1/sqrt(n)
     same = np.ones(10, bool)
     assert np.isnan(gap_closed_interval(same, same, same)[0])  # no gap, ever
+
+
+def test_gap_closed_interval_of_certainties():
+    """Per-spectrum certainties instead of right/wrong: a translation that lifts every
+    spectrum's certainty halfway from the untranslated input's to the truth's closes half
+    the gap in every resample; the spread of the interval comes from spectra that differ."""
+    from exp2sim.evaluation.metrics import gap_closed_interval
+
+    rng = np.random.default_rng(1)
+    before = rng.uniform(0.2, 0.6, 50)
+    truth = before + rng.uniform(0.1, 0.3, 50)
+    lo, hi = gap_closed_interval(truth, before, (truth + before) / 2)
+    assert abs(lo - 0.5) < 1e-9 and abs(hi - 0.5) < 1e-9
+    noisy = before + (truth - before) * rng.uniform(0.0, 1.0, 50)
+    lo, hi = gap_closed_interval(truth, before, noisy)
+    assert 0.3 < lo < hi < 0.7 and hi - lo > 0.02

@@ -138,7 +138,8 @@ def gap_closed_interval(
 ) -> tuple[float, float]:
     """16th and 84th percentiles (a one-sigma interval) of `gap_closed` over bootstrap
     resamples of the test spectra. truth_ok, before_ok, after_ok: (n,) booleans, whether
-    each test spectrum was classified correctly in each setting (paired: the same spectra).
+    each test spectrum was classified correctly in each setting (paired: the same spectra),
+    or any per-spectrum score whose mean is compared, such as a classifier's certainty.
     Resamples with no gap (truth <= before) are left out; (nan, nan) if all are."""
     ok = [np.asarray(x, dtype=float).ravel() for x in (truth_ok, before_ok, after_ok)]
     n = len(ok[0])

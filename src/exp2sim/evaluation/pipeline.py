@@ -377,20 +377,36 @@ def run_evaluation(
         blurred = baselines.gaussian_convolve(test.signal, blur)
         lucy = baselines.richardson_lucy_deconvolve(test_conv.signal, blur, cfg.rl_iterations)
     with stages.stage("Classifying"):
-        correct_fwd = {
-            "unconvolved (truth)": cls_unconvolved.predict(test.signal) == test.labels,
-            "convolved": cls_unconvolved.predict(test_conv.signal) == test.labels,
-            "GAN-deconvolved": cls_unconvolved.predict(deconvolved) == test.labels,
-            "Richardson-Lucy": cls_unconvolved.predict(lucy) == test.labels,
-        }
-        correct_rev = {
-            "convolved (truth)": cls_convolved.predict(test_conv.signal) == test.labels,
-            "unconvolved": cls_convolved.predict(test.signal) == test.labels,
-            "GAN-convolved": cls_convolved.predict(convolved) == test.labels,
-            "Gaussian blur": cls_convolved.predict(blurred) == test.labels,
-        }
-        for name, x in references.items():
-            correct_rev[name] = cls_convolved.predict(x) == test.labels
+        rows = np.arange(len(test))
+
+        def assess(clf, sets: dict[str, np.ndarray]) -> tuple[dict, dict]:  # noqa: ANN001
+            """Per test spectrum of each set: whether the classifier gets its model right,
+            and its certainty (0-1) for that true model."""
+            k = {name: clf.certainties(x) for name, x in sets.items()}
+            return (
+                {name: v.argmax(1) == test.labels for name, v in k.items()},
+                {name: v[rows, test.labels] for name, v in k.items()},
+            )
+
+        correct_fwd, certain_fwd = assess(
+            cls_unconvolved,
+            {
+                "unconvolved (truth)": test.signal,
+                "convolved": test_conv.signal,
+                "GAN-deconvolved": deconvolved,
+                "Richardson-Lucy": lucy,
+            },
+        )
+        correct_rev, certain_rev = assess(
+            cls_convolved,
+            {
+                "convolved (truth)": test_conv.signal,
+                "unconvolved": test.signal,
+                "GAN-convolved": convolved,
+                "Gaussian blur": blurred,
+                **references,
+            },
+        )
         forward = {k: float(v.mean()) for k, v in correct_fwd.items()}
         reverse = {k: float(v.mean()) for k, v in correct_rev.items()}
         # does either classifier call the out-of-distribution inputs "none of the known"?
@@ -409,10 +425,24 @@ def run_evaluation(
             for name, clf in (("unconvolved", cls_unconvolved), ("convolved", cls_convolved))
         }
 
-    def interval(correct: dict[str, np.ndarray], after: str) -> list[float]:
-        """One-sigma bootstrap interval of the gap closed (the test set is small)."""
-        truth, before = list(correct)[:2]
-        return list(metrics.gap_closed_interval(correct[truth], correct[before], correct[after]))
+    def interval(scores: dict[str, np.ndarray], after: str) -> list[float]:
+        """One-sigma bootstrap interval of the gap closed (the test set is small); scores:
+        per spectrum, the truth's and the untranslated input's first."""
+        truth, before = list(scores)[:2]
+        return list(metrics.gap_closed_interval(scores[truth], scores[before], scores[after]))
+
+    def certainty_gaps(scores: dict[str, np.ndarray], methods: tuple[str, str]) -> dict:
+        """The mean certainty of the true model per set and the share of its gap each
+        method closes, with the bootstrap interval for the first (the GAN)."""
+        mean = {k: float(v.mean()) for k, v in scores.items()}
+        truth, before = list(mean)[:2]
+        return {
+            "mean": mean,
+            "gap_closed": {
+                m: metrics.gap_closed(mean[truth], mean[before], mean[m]) for m in methods
+            },
+            "gap_closed_interval": interval(scores, methods[0]),
+        }
 
     def fidelity(pairs: dict[str, np.ndarray], reference: np.ndarray) -> dict:
         """Mean PSNR and SSIM of each method's spectra against the reference, pair by pair."""
@@ -463,6 +493,12 @@ def run_evaluation(
         "gap_closed_deconvolution_interval": interval(correct_fwd, "GAN-deconvolved"),
         "gap_closed_convolution_interval": interval(correct_rev, "GAN-convolved"),
         "accuracy_standard_error": float(np.sqrt(0.25 / len(test))),
+        "certainty_classifier_unconvolved": certainty_gaps(
+            certain_fwd, ("GAN-deconvolved", "Richardson-Lucy")
+        ),
+        "certainty_classifier_convolved": certainty_gaps(
+            certain_rev, ("GAN-convolved", "Gaussian blur")
+        ),
         "fidelity_deconvolution": fid_deconv,
         "fidelity_convolution": fid_conv,
         "known_fraction": known,

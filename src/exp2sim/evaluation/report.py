@@ -22,6 +22,24 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _accuracy_table(m: dict, trained_on: str) -> list[str]:
+    """Accuracy and mean certainty of the true model, per test set, of one classifier."""
+    accuracy = m[f"accuracy_classifier_{trained_on}"]
+    certainty = m[f"certainty_classifier_{trained_on}"]["mean"]
+    rows = [[k, _pct(v), f"{certainty[k]:.3f}"] for k, v in accuracy.items()]
+    return _table(["test data", "accuracy", "certainty of the true model"], rows)
+
+
+def _certainty_line(c: dict) -> str:
+    """The share of the certainty gap each method closes."""
+    gan, baseline = c["gap_closed"]
+    return (
+        f"Certainty gap closed by the GAN: **{_pct(c['gap_closed'][gan])}** "
+        f"{_interval(c['gap_closed_interval'])} ({baseline}: "
+        f"{_pct(c['gap_closed'][baseline])})."
+    )
+
+
 def render(cfg: EvaluationConfig, m: dict) -> str:
     """The report as Markdown text."""
     out = [
@@ -43,24 +61,26 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "Classifier trained on **unconvolved** spectra (deconvolution direction):",
         "",
     ]
-    fwd = m["accuracy_classifier_unconvolved"]
-    out += _table(["test data", "accuracy"], [[k, _pct(v)] for k, v in fwd.items()])
+    out += _accuracy_table(m, "unconvolved")
     out += [
         "",
         f"Gap closed by the GAN: **{_pct(m['gap_closed_deconvolution'])}** "
         f"{_interval(m['gap_closed_deconvolution_interval'])} "
         f"(Richardson-Lucy: {_pct(m['gap_closed_deconvolution_richardson_lucy'])}).",
         "",
+        _certainty_line(m["certainty_classifier_unconvolved"]),
+        "",
         "Classifier trained on **convolved** spectra (convolution direction):",
         "",
     ]
-    rev = m["accuracy_classifier_convolved"]
-    out += _table(["test data", "accuracy"], [[k, _pct(v)] for k, v in rev.items()])
+    out += _accuracy_table(m, "convolved")
     out += [
         "",
         f"Gap closed by the GAN: **{_pct(m['gap_closed_convolution'])}** "
         f"{_interval(m['gap_closed_convolution_interval'])} "
         f"(Gaussian blur: {_pct(m['gap_closed_convolution_gaussian_blur'])}).",
+        "",
+        _certainty_line(m["certainty_classifier_convolved"]),
         "",
     ]
     if m.get("gap_closed_convolution_bins") is not None:
@@ -78,7 +98,10 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "(n/a) when the classifier does no worse on the other domain. In brackets: the "
         "16-84 % range over bootstrap resamples of the test set. Each accuracy has a "
         f"binomial standard error of up to {_pct(m['accuracy_standard_error'])}: a gap "
-        "smaller than a few of those is noise, and so is the share of it closed.",
+        "smaller than a few of those is noise, and so is the share of it closed. "
+        "Certainty: the classifier's certainty (0-1) for each test spectrum's true model, "
+        "averaged over the test set; it measures a gap even where few spectra change class, "
+        "and its gap closed is defined the same way.",
         "",
         "## Paired fidelity (unmasked pixels, mean over the test set)",
         "",
