@@ -236,6 +236,8 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
         if truth > before:
             expected = (c["mean"][gan] - before) / (truth - before)
             assert abs(c["gap_closed"][gan] - expected) < 1e-12
+        else:  # no certainty lost: no gap to close (NaN, written as null)
+            assert c["gap_closed"][gan] is None
     # the bins-only reference: its own paired test spectra, a row and a fidelity
     from exp2sim.evaluation.pipeline import BINS_ROW
 

@@ -407,8 +407,6 @@ def run_evaluation(
                 **references,
             },
         )
-        forward = {k: float(v.mean()) for k, v in correct_fwd.items()}
-        reverse = {k: float(v.mean()) for k, v in correct_rev.items()}
         # does either classifier call the out-of-distribution inputs "none of the known"?
         # and the translations: the target domain's classifier should call them known
         novel = {
@@ -425,24 +423,20 @@ def run_evaluation(
             for name, clf in (("unconvolved", cls_unconvolved), ("convolved", cls_convolved))
         }
 
-    def interval(scores: dict[str, np.ndarray], after: str) -> list[float]:
-        """One-sigma bootstrap interval of the gap closed (the test set is small); scores:
-        per spectrum, the truth's and the untranslated input's first."""
-        truth, before = list(scores)[:2]
-        return list(metrics.gap_closed_interval(scores[truth], scores[before], scores[after]))
-
-    def certainty_gaps(scores: dict[str, np.ndarray], methods: tuple[str, str]) -> dict:
-        """The mean certainty of the true model per set and the share of its gap each
-        method closes, with the bootstrap interval for the first (the GAN)."""
+    def gaps(scores: dict[str, np.ndarray], methods: tuple[str, ...]) -> dict:
+        """Per-spectrum scores (right or wrong, or the certainty of the true model) of the
+        truth, the untranslated input, then the methods -> their means, the share of the
+        gap each method closes, and a one-sigma bootstrap interval of the first method's
+        (the GAN's; the test set is small)."""
         mean = {k: float(v.mean()) for k, v in scores.items()}
-        truth, before = list(mean)[:2]
-        return {
-            "mean": mean,
-            "gap_closed": {
-                m: metrics.gap_closed(mean[truth], mean[before], mean[m]) for m in methods
-            },
-            "gap_closed_interval": interval(scores, methods[0]),
-        }
+        truth, before = list(scores)[:2]
+        closed = {m: metrics.gap_closed(mean[truth], mean[before], mean[m]) for m in methods}
+        lo_hi = metrics.gap_closed_interval(scores[truth], scores[before], scores[methods[0]])
+        return {"mean": mean, "gap_closed": closed, "gap_closed_interval": list(lo_hi)}
+
+    deconvolution = ("GAN-deconvolved", "Richardson-Lucy")
+    convolution = ("GAN-convolved", "Gaussian blur", *references)
+    accuracy_fwd, accuracy_rev = gaps(correct_fwd, deconvolution), gaps(correct_rev, convolution)
 
     def fidelity(pairs: dict[str, np.ndarray], reference: np.ndarray) -> dict:
         """Mean PSNR and SSIM of each method's spectra against the reference, pair by pair."""
@@ -471,34 +465,18 @@ def run_evaluation(
         "config": cfg.name,
         "n_test": len(test),
         "classes": list(test.classes),
-        "accuracy_classifier_unconvolved": forward,
-        "accuracy_classifier_convolved": reverse,
-        "gap_closed_deconvolution": metrics.gap_closed(
-            forward["unconvolved (truth)"], forward["convolved"], forward["GAN-deconvolved"]
-        ),
-        "gap_closed_deconvolution_richardson_lucy": metrics.gap_closed(
-            forward["unconvolved (truth)"], forward["convolved"], forward["Richardson-Lucy"]
-        ),
-        "gap_closed_convolution": metrics.gap_closed(
-            reverse["convolved (truth)"], reverse["unconvolved"], reverse["GAN-convolved"]
-        ),
-        "gap_closed_convolution_gaussian_blur": metrics.gap_closed(
-            reverse["convolved (truth)"], reverse["unconvolved"], reverse["Gaussian blur"]
-        ),
-        "gap_closed_convolution_bins": metrics.gap_closed(
-            reverse["convolved (truth)"], reverse["unconvolved"], reverse[BINS_ROW]
-        )
-        if BINS_ROW in reverse
-        else None,
-        "gap_closed_deconvolution_interval": interval(correct_fwd, "GAN-deconvolved"),
-        "gap_closed_convolution_interval": interval(correct_rev, "GAN-convolved"),
+        "accuracy_classifier_unconvolved": accuracy_fwd["mean"],
+        "accuracy_classifier_convolved": accuracy_rev["mean"],
+        "gap_closed_deconvolution": accuracy_fwd["gap_closed"]["GAN-deconvolved"],
+        "gap_closed_deconvolution_richardson_lucy": accuracy_fwd["gap_closed"]["Richardson-Lucy"],
+        "gap_closed_convolution": accuracy_rev["gap_closed"]["GAN-convolved"],
+        "gap_closed_convolution_gaussian_blur": accuracy_rev["gap_closed"]["Gaussian blur"],
+        "gap_closed_convolution_bins": accuracy_rev["gap_closed"].get(BINS_ROW),
+        "gap_closed_deconvolution_interval": accuracy_fwd["gap_closed_interval"],
+        "gap_closed_convolution_interval": accuracy_rev["gap_closed_interval"],
         "accuracy_standard_error": float(np.sqrt(0.25 / len(test))),
-        "certainty_classifier_unconvolved": certainty_gaps(
-            certain_fwd, ("GAN-deconvolved", "Richardson-Lucy")
-        ),
-        "certainty_classifier_convolved": certainty_gaps(
-            certain_rev, ("GAN-convolved", "Gaussian blur")
-        ),
+        "certainty_classifier_unconvolved": gaps(certain_fwd, deconvolution),
+        "certainty_classifier_convolved": gaps(certain_rev, convolution),
         "fidelity_deconvolution": fid_deconv,
         "fidelity_convolution": fid_conv,
         "known_fraction": known,

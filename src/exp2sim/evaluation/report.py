@@ -31,8 +31,8 @@ def _accuracy_table(m: dict, trained_on: str) -> list[str]:
 
 
 def _certainty_line(c: dict) -> str:
-    """The share of the certainty gap each method closes."""
-    gan, baseline = c["gap_closed"]
+    """The share of the certainty gap the GAN and the classical baseline close."""
+    gan, baseline = list(c["gap_closed"])[:2]
     return (
         f"Certainty gap closed by the GAN: **{_pct(c['gap_closed'][gan])}** "
         f"{_interval(c['gap_closed_interval'])} ({baseline}: "
