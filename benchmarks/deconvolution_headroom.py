@@ -25,10 +25,12 @@ spectra at `--noise-points` points per bin.
 The CNN: five 3 x 3 x 3 convolutions with ReLU (`--channels` wide) and a residual output, on
 asinh-compressed intensities relative to each input's maximum, with the mask as a second
 channel; L2 over measured voxels; Adam, `--iterations` steps of 8 crops (10 x 24 x 24).
-Same seed, same numbers (CPU). Takes about 25 minutes on 2 cores at the defaults.
+Same seed, same numbers (CPU). Takes about 25 minutes on 2 cores at the defaults (each
+CNN about 5; `--cnn` picks which are trained: true pairs, or pseudo-pairs of blur,
+sim2exp or linear; `--cnn ""` none, about 2.5 minutes).
 
 Usage: python benchmarks/deconvolution_headroom.py DIR [--iterations 2800] [--seed 0]
-       [--skip-cnn]
+       [--cnn true,blur,sim2exp,linear]
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from exp2sim.spectra.generate import SimulationConfig
 FOLD = TileFold((40, 40))  # the PCSMO mosaic's tiles: one volume per incident energy
 SHAPE = (240, 400)
 COMPRESS = 10.0  # asinh(COMPRESS * I / max I): the CNN's input and output scale
+CNNS = ("true", "blur", "sim2exp", "linear")  # what each CNN learns from (see above)
 
 
 def shifted(volumes: np.ndarray) -> np.ndarray:
@@ -188,8 +191,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise-spectra", type=int, default=4)
     ap.add_argument("--noise-points", type=int, default=32)
-    ap.add_argument("--skip-cnn", action="store_true", help="the filters and baselines only")
+    ap.add_argument(
+        "--cnn",
+        default=",".join(CNNS),
+        help=f"which CNNs to train, comma-separated from {', '.join(CNNS)} (empty: none)",
+    )
     args = ap.parse_args()
+    cnns = {c for c in args.cnn.split(",") if c}
+    if cnns - set(CNNS):
+        ap.error(f"unknown --cnn {', '.join(sorted(cnns - set(CNNS)))}; choose from {CNNS}")
     t0 = time.perf_counter()
     cfg = EvaluationConfig.from_dict(json.loads((args.run / "config.json").read_text()))
     data = build_datasets(cfg, args.run / "data")
@@ -233,20 +243,20 @@ def main() -> None:
     for per, forward in linear_forward.items():
         own = mean_psnr(forward(truth[score]), convolved[score])
         print(f"oracle linear forward filter, one per {per}: {own:.2f} dB", flush=True)
-    if not args.skip_cnn:
+    if "true" in cnns:
         t = time.perf_counter()
         cnn = train_cnn(convolved[fit], truth[fit], args)
         results.append(("oracle: CNN on true pairs", cnn(convolved[score]), ""))
         print(f"CNN on true pairs: {time.perf_counter() - t:.0f} s", flush=True)
     forwards = {
-        "Gaussian blur": lambda x: baselines.gaussian_convolve(x, blur),
-        "GAN (Sim2Exp)": sim2exp,
-        "oracle linear": linear_forward["slice"],
+        "blur": ("Gaussian blur", lambda x: baselines.gaussian_convolve(x, blur)),
+        "sim2exp": ("GAN (Sim2Exp)", sim2exp),
+        "linear": ("oracle linear", linear_forward["slice"]),
     }
-    for name, forward in forwards.items():
+    for key, (name, forward) in forwards.items():
         own = mean_psnr(forward(truth[score]), convolved[score])
         print(f"forward model {name}: {own:.2f} dB", flush=True)
-        if args.skip_cnn:
+        if key not in cnns:
             continue
         t = time.perf_counter()
         cnn = train_cnn(forward(train), train, args)
