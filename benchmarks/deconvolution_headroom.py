@@ -51,6 +51,7 @@ from exp2sim.classifier import DUQClassifier
 from exp2sim.evaluation import baselines, metrics
 from exp2sim.evaluation.config import EvaluationConfig
 from exp2sim.evaluation.data import _sim_config, build_datasets
+from exp2sim.gan.data import shifted_copies
 from exp2sim.gan.fold import TileFold
 from exp2sim.gan.translate import Translator
 from exp2sim.spectra.factory import make_calculator
@@ -59,16 +60,15 @@ from exp2sim.spectra.generate import SimulationConfig
 FOLD = TileFold((40, 40))  # the PCSMO mosaic's tiles: one volume per incident energy
 SHAPE = (240, 400)
 COMPRESS = 10.0  # asinh(COMPRESS * I / max I): the CNN's input and output scale
+NEIGHBOURS = tuple(itertools.product((-1, 0, 1), repeat=3))  # a 3 x 3 x 3 filter's taps
 CNNS = ("true", "blur", "sim2exp", "linear")  # what each CNN learns from (see above)
 
 
 def shifted(volumes: np.ndarray) -> np.ndarray:
-    """(n, E, h, k) volumes, NaN -> 0 -> their 27 neighbours (n, E, h, k, 27), zero beyond
-    the edges."""
-    p = np.pad(np.nan_to_num(volumes), [(0, 0), (1, 1), (1, 1), (1, 1)])
-    e, h, k = volumes.shape[1:]
-    offsets = itertools.product(range(3), repeat=3)
-    return np.stack([p[:, a : a + e, b : b + h, c : c + k] for a, b, c in offsets], axis=-1)
+    """(n, E, h, k) volumes -> their 27 neighbours (n, E, h, k, 27), 0 where masked or
+    beyond the edges (the kernel generators' shifted taps, `shifted_copies`)."""
+    taps = np.stack([shifted_copies(v, NEIGHBOURS) for v in volumes])  # (n, 27, E, h, k)
+    return np.nan_to_num(np.moveaxis(taps, 1, -1))
 
 
 def fit_linear(
@@ -178,7 +178,7 @@ def monte_carlo_noise(
     the same parameters convolved with `points` points per bin."""
     model = cfg.models[0]
     params = np.load(run / "data" / f"{Path(model).stem}_test_parameters.npy")[:count]
-    config = _sim_config(cfg, model, "montecarlo", cfg.n_test, 0)
+    config = _sim_config(cfg, model, "montecarlo", cfg.n_test, 0)  # n, seed: not used here
     precise = make_calculator(replace(config, n_mc=points))
     return [metrics.psnr(convolved[i], precise(p)) for i, p in enumerate(params)]
 
