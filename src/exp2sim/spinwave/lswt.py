@@ -378,7 +378,8 @@ class SpinWaveTheory:
         q, q_lab, inv_recip, twin_list, _ = self._frames(q_rlu, True)
         w = self.parameter_weights(params)
         stable = torch.ones(len(w), dtype=torch.bool, device=self.device)
-        for twin in twin_list:
+        # in the crystal frame every twin solves at the same k: one is enough
+        for twin in twin_list[:1] if crystal_frame else twin_list:
             q_crys = q_lab if crystal_frame else q_lab @ twin.rotation
             k = torch.tensor(q_crys @ inv_recip, dtype=torch.float64, device=self.device)
             kp, _ = self._unique_wavevectors(k)
@@ -489,13 +490,17 @@ class SpinWaveTheory:
         conv_recip = recip * np.asarray(s.supercell, dtype=float)[:, None]
         energies, amps, grads = [], [], []
         unstable = torch.zeros(len(w), dtype=torch.bool, device=self.device)
+        observed = None
         for twin in twin_list:
             rotation = np.eye(3) if crystal_frame else twin.rotation
-            q_crys = q_lab @ rotation
-            k = torch.tensor(q_crys @ inv_recip, dtype=torch.float64, device=self.device)
-            e_t, amp, bad, *vel = self._observe(
-                k, torch.zeros_like(k), w, False, groups, velocities=gradients
-            )
+            # in the crystal frame every twin solves at the same k: solve once
+            if observed is None or not crystal_frame:
+                q_crys = q_lab @ rotation
+                k = torch.tensor(q_crys @ inv_recip, dtype=torch.float64, device=self.device)
+                observed = self._observe(
+                    k, torch.zeros_like(k), w, False, groups, velocities=gradients
+                )
+            e_t, amp, bad, *vel = observed
             rot = torch.tensor(twin.rotation, dtype=torch.complex128, device=self.device)
             energies.append(e_t)
             amps.append(amp @ rot.T)
