@@ -161,11 +161,10 @@ class ModeGrid:
         # amplitudes scale as 1 / sqrt(energy) near Goldstone modes: tabulate the regular
         # sqrt(energy) * amplitude and divide by the interpolated energy on lookup
         root = np.sqrt(np.maximum(lm.energies[0], 0.0))[..., None, None]
-        self.amplitudes = (
-            (lm.amplitudes[0] * root)
-            .astype(np.complex64)
-            .reshape(t, *self.n, n_modes, *lm.amplitudes.shape[-2:])
-        )
+        # the product is rounded to complex64 as it is written: no complex128 table between
+        table = np.empty(lm.amplitudes.shape[1:], dtype=np.complex64)
+        np.multiply(lm.amplitudes[0], root, out=table, casting="same_kind")
+        self.amplitudes = table.reshape(t, *self.n, n_modes, *lm.amplitudes.shape[-2:])
         # exact slopes of every mode along crystal h and k at every node (Hellmann-Feynman)
         self.slopes = np.moveaxis(lm.gradients[0], -1, 1).reshape(t, 2, *self.n, n_modes)
         recip = swt.system.lattice.reciprocal * np.asarray(swt.system.supercell)[:, None]

@@ -488,10 +488,13 @@ class SpinWaveTheory:
         groups = torch.tensor(member, dtype=torch.float64, device=self.device)
         w = self.parameter_weights(params)
         conv_recip = recip * np.asarray(s.supercell, dtype=float)[:, None]
-        energies, amps, grads = [], [], []
+        energies, grads = [], []
+        # (T, P, Q, N, G, 3), written twin by twin (the table can be large), returned as a
+        # (P, T, ...) view
+        amps = None
         unstable = torch.zeros(len(w), dtype=torch.bool, device=self.device)
         observed = None
-        for twin in twin_list:
+        for index, twin in enumerate(twin_list):
             rotation = np.eye(3) if crystal_frame else twin.rotation
             # in the crystal frame every twin solves at the same k: solve once
             if observed is None or not crystal_frame:
@@ -503,7 +506,9 @@ class SpinWaveTheory:
             e_t, amp, bad, *vel = observed
             rot = torch.tensor(twin.rotation, dtype=torch.complex128, device=self.device)
             energies.append(e_t)
-            amps.append(amp @ rot.T)
+            if amps is None:
+                amps = amp.new_empty((len(twin_list), *amp.shape))
+            torch.matmul(amp, rot.T, out=amps[index])
             if gradients:  # d omega / dq = (dk / dq) d omega / dk, k = q C R C^-1
                 dk_dq = torch.tensor(conv_recip @ rotation @ inv_recip, device=self.device)
                 grads.append((vel[0] @ dk_dq.T)[..., :2])
@@ -511,7 +516,7 @@ class SpinWaveTheory:
         return LayerModes(
             q=q,
             energies=torch.stack(energies, 1).cpu().numpy(),
-            amplitudes=torch.stack(amps, 1).cpu().numpy(),
+            amplitudes=amps.transpose(0, 1).cpu().numpy(),
             group_z=np.array([key[0] for key in keys]),
             group_ion=tuple(key[1] or None for key in keys),
             l_sign=np.array(l_sign),
