@@ -488,35 +488,40 @@ class SpinWaveTheory:
         groups = torch.tensor(member, dtype=torch.float64, device=self.device)
         w = self.parameter_weights(params)
         conv_recip = recip * np.asarray(s.supercell, dtype=float)[:, None]
-        energies, grads = [], []
-        # (T, P, Q, N, G, 3), written twin by twin (the table can be large), returned as a
-        # (P, T, ...) view
-        amps = None
-        unstable = torch.zeros(len(w), dtype=torch.bool, device=self.device)
-        observed = None
-        for index, twin in enumerate(twin_list):
-            rotation = np.eye(3) if crystal_frame else twin.rotation
-            # in the crystal frame every twin solves at the same k: solve once
-            if observed is None or not crystal_frame:
-                q_crys = q_lab @ rotation
-                k = torch.tensor(q_crys @ inv_recip, dtype=torch.float64, device=self.device)
-                observed = self._observe(
-                    k, torch.zeros_like(k), w, False, groups, velocities=gradients
-                )
-            e_t, amp, bad, *vel = observed
-            rot = torch.tensor(twin.rotation, dtype=torch.complex128, device=self.device)
-            energies.append(e_t)
-            if amps is None:
-                amps = amp.new_empty((len(twin_list), *amp.shape))
-            torch.matmul(amp, rot.T, out=amps[index])
+
+        def observe(rotation: np.ndarray) -> tuple[torch.Tensor, ...]:
+            """Energies, group amplitudes (crystal frame), instability and in-plane
+            gradients (or None) at q seen through `rotation`."""
+            k = torch.tensor(
+                (q_lab @ rotation) @ inv_recip, dtype=torch.float64, device=self.device
+            )
+            e_t, amp, bad, *vel = self._observe(
+                k, torch.zeros_like(k), w, False, groups, velocities=gradients
+            )
+            grad = None
             if gradients:  # d omega / dq = (dk / dq) d omega / dk, k = q C R C^-1
                 dk_dq = torch.tensor(conv_recip @ rotation @ inv_recip, device=self.device)
-                grads.append((vel[0] @ dk_dq.T)[..., :2])
+                grad = (vel[0] @ dk_dq.T)[..., :2]
+            return e_t, amp, bad, grad
+
+        # in the crystal frame every twin solves at the same k: solve once for all
+        shared = observe(np.eye(3)) if crystal_frame else None
+        energies, grads = [], []
+        amps = None  # (T, P, Q, N, G, 3), written twin by twin: the table can be large
+        unstable = torch.zeros(len(w), dtype=torch.bool, device=self.device)
+        for index, twin in enumerate(twin_list):
+            e_t, amp, bad, grad = shared if crystal_frame else observe(twin.rotation)
+            if amps is None:
+                amps = amp.new_empty((len(twin_list), *amp.shape))
+            rot = torch.tensor(twin.rotation, dtype=torch.complex128, device=self.device)
+            torch.matmul(amp, rot.T, out=amps[index])  # to the laboratory frame
+            energies.append(e_t)
+            grads.append(grad)
             unstable |= bad.any(-1)
         return LayerModes(
             q=q,
             energies=torch.stack(energies, 1).cpu().numpy(),
-            amplitudes=amps.transpose(0, 1).cpu().numpy(),
+            amplitudes=amps.transpose(0, 1).cpu().numpy(),  # (P, T, ...)
             group_z=np.array([key[0] for key in keys]),
             group_ion=tuple(key[1] or None for key in keys),
             l_sign=np.array(l_sign),
