@@ -350,6 +350,23 @@ def test_paper_generator_has_the_papers_size():
     assert 28e6 < count_parameters(model) < 32e6
 
 
+@pytest.mark.parametrize(("dim", "kernel"), [(1, 0), (2, 3), (3, 3)])
+def test_head_sets_the_width_of_the_last_convolution(dim, kernel):
+    """`head` changes only the last convolution: ngf inputs, one output (drawn) or the
+    kernel's k^dim taps and the unsharp mask's amount (kernel, sharpen), head^dim taps."""
+    wide = ResnetGenerator(dim, ngf=4, n_blocks=1, kernel=kernel, sharpen=kernel > 0)
+    narrow = ResnetGenerator(dim, ngf=4, n_blocks=1, kernel=kernel, sharpen=kernel > 0, head=3)
+    outputs = kernel**dim + 1 if kernel else 1
+    assert count_parameters(wide) - count_parameters(narrow) == 4 * outputs * (7**dim - 3**dim)
+    x = torch.rand(2, 1, *(12,) * dim)
+    assert narrow(x).shape == x.shape
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="head must be an odd number"):
+            ResnetGenerator(dim, ngf=4, n_blocks=1, head=bad)
+        with pytest.raises(ValueError, match="head must be an odd number"):
+            TrainConfig(head=bad)
+
+
 def test_patch_nce_matches_hand_computation():
     q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
     # orthonormal keys equal to the queries: -log(e^(1/t) / (e^(1/t) + e^0)) per patch

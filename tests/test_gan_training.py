@@ -411,6 +411,11 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="another configuration: ngf=4"):
         wider.load_checkpoint(tmp_path / "one" / CHECKPOINT)
+    narrower_head = Trainer.new(
+        small.replace(head=3), tmp_path / "a.npy", tmp_path / "a.npy", tmp_path / "three"
+    )
+    with pytest.raises(ValueError, match="another configuration: head=7"):
+        narrower_head.load_checkpoint(tmp_path / "one" / CHECKPOINT)
     with pytest.raises(ValueError, match="already holds a run"):
         Trainer.new(small, tmp_path / "a.npy", tmp_path / "a.npy", tmp_path / "one")
 
@@ -425,7 +430,8 @@ def _tiny_toml(path: Path, **extra) -> Path:
 
 
 # a 2D mosaic of 2 x 8 tiles of 16 x 16 pixels, trained and translated as 2 volumes each
-FOLDED = {"fold_tiles": [16, 16], "fold_pad": 4}
+# (with a 3-wide head, so that translate builds the generators as trained)
+FOLDED = {"fold_tiles": [16, 16], "fold_pad": 4, "head": 3}
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,10 @@ class TrainConfig:
     # a spectrum, e.g. the neighbouring energy slices of the PCSMO mosaic, 40 columns away:
     # ((0, -40), (0, 40)). The values come from the whole spectrum, not only the crop.
     kernel_shifts: tuple[tuple[int, ...], ...] = ()
+    # width of the generators' last convolution, which makes the output (drawn generators)
+    # or the kernels' weights (kernel generators) at full resolution: 7 in the paper (an
+    # odd number; 3 makes that layer 343 / 27 = 12.7x cheaper in 3D, see the demo preset)
+    head: int = 7
     # not in the paper: () or the (height, width) of the equal tiles a 2D spectrum is made
     # of; each row of tiles is then trained on and translated as one volume (tiles, height,
     # width) by 3D networks, with `fold_pad` masked slices at both ends (gan/fold.py), so
@@ -87,7 +91,7 @@ class TrainConfig:
 
     ARCHITECTURE = (
         "ngf", "n_blocks", "ndf", "d_layers", "kernel", "kernel_shifts", "nce_layers", "nce_units",
-        "fold_tiles", "fold_pad",
+        "fold_tiles", "fold_pad", "head",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -119,6 +123,8 @@ class TrainConfig:
             raise ValueError(f"crop must be at least {self.min_crop()} pixels")
         if self.kernel < 0 or (self.kernel and self.kernel % 2 == 0):
             raise ValueError(f"kernel must be 0 or an odd number of taps, got {self.kernel}")
+        if self.head < 1 or self.head % 2 == 0:
+            raise ValueError(f"head must be an odd number of pixels, got {self.head}")
         if self.kernel_shifts and not self.kernel:
             raise ValueError("kernel_shifts need a kernel generator (kernel > 0)")
         if len({len(s) for s in self.kernel_shifts}) > 1 or any(

@@ -152,9 +152,11 @@ class DCLGAN(nn.Module):
         self.config, self.dim = config, dim
         c = config
         self.G_A = ResnetGenerator(
-            dim, c.ngf, c.n_blocks, c.kernel, True, c.kernel_shifts, c.clips(b_nonnegative)
+            dim, c.ngf, c.n_blocks, c.kernel, True, c.kernel_shifts, c.clips(b_nonnegative), c.head
         )
-        self.G_B = ResnetGenerator(dim, c.ngf, c.n_blocks, c.kernel, False, c.kernel_shifts)
+        self.G_B = ResnetGenerator(
+            dim, c.ngf, c.n_blocks, c.kernel, False, c.kernel_shifts, head=c.head
+        )
         self.D_A = PatchDiscriminator(dim, c.ndf, c.d_layers)
         self.D_B = PatchDiscriminator(dim, c.ndf, c.d_layers)
         channels = self.G_A.layer_channels(c.nce_layers)

@@ -71,8 +71,9 @@ def _normalised(intensity: torch.Tensor, s: torch.Tensor, gain: torch.Tensor) ->
 
 class ResnetGenerator(nn.Module):
     """ResNet generator: 7-wide stem, two anti-aliased downsamplings (x2 channels each),
-    `n_blocks` residual blocks at 1/4 resolution, two anti-aliased upsamplings, 7-wide head,
-    tanh. Inputs of any size: they are padded to a multiple of 4 and cropped back.
+    `n_blocks` residual blocks at 1/4 resolution, two anti-aliased upsamplings, a `head`-wide
+    last convolution (7 in the paper), tanh. Inputs of any size: they are padded to a
+    multiple of 4 and cropped back.
 
     With ngf 64 and 9 blocks in 2D this is the 11.4 M-parameter generator of the paper.
 
@@ -107,11 +108,14 @@ class ResnetGenerator(nn.Module):
         sharpen: bool = False,
         shifts: tuple[tuple[int, ...], ...] = (),
         nonnegative: bool = False,
+        head: int = 7,
     ) -> None:
         super().__init__()
         self.nonnegative = nonnegative
         if kernel < 0 or (kernel and kernel % 2 == 0):
             raise ValueError(f"kernel must be 0 or an odd number of taps, got {kernel}")
+        if head < 1 or head % 2 == 0:
+            raise ValueError(f"head must be an odd number of pixels, got {head}")
         self.dim, self.ngf, self.n_blocks = dim, ngf, n_blocks
         self.kernel, self.sharpen = kernel, sharpen
         self.shifts = tuple(tuple(int(o) for o in s) for s in shifts)
@@ -141,7 +145,7 @@ class ResnetGenerator(nn.Module):
             ]
         if kernel:
             n_taps = kernel**dim + len(self.shifts)
-            up += [Pad(dim, 3), conv(dim, ngf, n_taps + int(sharpen), 7)]
+            up += [Pad(dim, head // 2), conv(dim, ngf, n_taps + int(sharpen), head)]
             offsets = torch.tensor(list(itertools.product(range(kernel), repeat=dim)))
             # log-weights added to the predicted ones so that training starts near the
             # identity: a Gaussian of 0.5 pixels around the centre tap; the shifted taps
@@ -153,7 +157,7 @@ class ResnetGenerator(nn.Module):
             # s and gain of the source and then the target domain's IntensityScale
             self.register_buffer("scales", torch.ones(4))
         else:
-            up += [Pad(dim, 3), conv(dim, ngf, 1, 7), nn.Tanh()]
+            up += [Pad(dim, head // 2), conv(dim, ngf, 1, head), nn.Tanh()]
         self.decoder = nn.Sequential(*up)
 
     def layer_channels(self, names: list[str] | tuple[str, ...]) -> list[int]:

@@ -149,6 +149,7 @@ class Translator:
             config.kernel,
             sharpen=name == "G_A",
             shifts=config.kernel_shifts,
+            head=config.head,
             # runs from before b_nonnegative was recorded: clipped as asked
             nonnegative=name == "G_A" and config.clips(info["data"].get("b_nonnegative", True)),
         )
