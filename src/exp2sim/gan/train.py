@@ -396,13 +396,17 @@ class Trainer:
                 with self.averaged_generators():
                     plot_samples(self, self.out / "figures" / f"samples_epoch{self.epoch:04d}.png")
 
-    def translate_val(self, direction: str) -> tuple[np.ndarray, np.ndarray]:
-        """Held-out spectra of the source domain and their translations (normalised)."""
+    def translate_val(
+        self, direction: str, count: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Held-out spectra of the source domain (the first `count`; None: all) and their
+        translations (normalised)."""
         gen, src = (
             (self.model.G_A, self.data.a.val)
             if direction == "a2b"
             else (self.model.G_B, self.data.b.val)
         )
+        src = src[:count]
         precision = self.config.precision
         if gen.shifts or not self.config.fold_tiles:  # one by one; folds' volumes batched
             out = np.array([run_generator(gen, s, self.device, precision) for s in src])
