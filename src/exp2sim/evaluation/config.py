@@ -161,6 +161,14 @@ PRESETS: dict[str, dict] = {
             "fold_tiles": [40, 40],
             "fold_pad": 3,
             "kernel": 3,
+            # A 3-wide last convolution instead of the paper's 7: in 3D it made the kernels'
+            # weights with 12.7x fewer multiplications and was most of the generators' cost.
+            # Training step 0.195 -> 0.143 s, Frechet evaluation 10.4 -> 5.9 s (2 threads,
+            # Intel Xeon). On demo39's data and classifiers (seed 0), 7 / 3: the same
+            # accuracies (88.8 / 93.8 %), PSNR / SSIM deconvolution 30.68 / 0.901 and
+            # 30.81 / 0.904, convolution 30.97 / 0.929 and 31.24 / 0.932, translation stage
+            # 66 / 41 s (docs/measurements.md).
+            "head": 3,
             "crop": 16,
             "d_layers": 2,
             "lr": 2e-4,
