@@ -92,8 +92,9 @@ class EvaluationConfig:
 
 PRESETS: dict[str, dict] = {
     # A 2-core CPU, no GPU: everything in under 15 minutes (demo14-demo31 with a 2D GAN:
-    # 6 min 25 s to 9 min 42 s; demo34-36 with the volume view: 12 min 29 s to 14 min 35 s
-    # on one Intel Xeon; 1,200 GAN iterations saved 65 s and lost the convolution targets,
+    # 6 min 25 s to 9 min 42 s; demo34-39 with the volume view: 12 min 29 s to 14 min 37 s
+    # on one Intel Xeon, demo40-41 with its 3-wide head: 11 min 15 s and 11 min 17 s;
+    # 1,200 GAN iterations saved 65 s and lost the convolution targets,
     # docs/measurements.md). A narrower, shallower GAN with a higher learning rate than the
     # paper's, 1,500 iterations, and two additions of exp2sim's (not in the paper):
     # intensity scales from the mean intensity and the intensity loss (weight 5;
