@@ -143,6 +143,25 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
             p.requires_grad_(f)
 
 
+def build_generator(
+    config: TrainConfig, dim: int, exp2sim: bool, b_nonnegative: bool = True
+) -> ResnetGenerator:
+    """A run's Exp2Sim generator (G_A: an unsharp mask for kernel generators, clipped at zero
+    where `config.clips(b_nonnegative)`) or its Sim2Exp generator (G_B), for `dim`-dimensional
+    spectra: one place for training and `Translator` to build them alike."""
+    c = config
+    return ResnetGenerator(
+        dim,
+        c.ngf,
+        c.n_blocks,
+        c.kernel,
+        sharpen=exp2sim,
+        shifts=c.kernel_shifts,
+        nonnegative=exp2sim and c.clips(b_nonnegative),
+        head=c.head,
+    )
+
+
 class DCLGAN(nn.Module):
     """The six networks of Exp2SimGAN for `dim`-dimensional spectra, and one training step.
     `b_nonnegative`: domain B's spectra have no negative values (`TrainConfig.clips`)."""
@@ -151,12 +170,8 @@ class DCLGAN(nn.Module):
         super().__init__()
         self.config, self.dim = config, dim
         c = config
-        self.G_A = ResnetGenerator(
-            dim, c.ngf, c.n_blocks, c.kernel, True, c.kernel_shifts, c.clips(b_nonnegative), c.head
-        )
-        self.G_B = ResnetGenerator(
-            dim, c.ngf, c.n_blocks, c.kernel, False, c.kernel_shifts, head=c.head
-        )
+        self.G_A = build_generator(c, dim, exp2sim=True, b_nonnegative=b_nonnegative)
+        self.G_B = build_generator(c, dim, exp2sim=False)
         self.D_A = PatchDiscriminator(dim, c.ndf, c.d_layers)
         self.D_B = PatchDiscriminator(dim, c.ndf, c.d_layers)
         channels = self.G_A.layer_channels(c.nce_layers)

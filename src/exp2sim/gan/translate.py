@@ -49,7 +49,7 @@ from exp2sim.gan.checkpoint import load_state, read_info
 from exp2sim.gan.config import TrainConfig
 from exp2sim.gan.data import shifted_copies
 from exp2sim.gan.fold import TileFold
-from exp2sim.gan.model import run_generator, run_generator_stack
+from exp2sim.gan.model import build_generator, run_generator, run_generator_stack
 from exp2sim.gan.networks import ResnetGenerator
 from exp2sim.gan.normalisation import IntensityScale, LevelMatch
 from exp2sim.gan.train import BEST, CHECKPOINT, pick_device
@@ -142,16 +142,12 @@ class Translator:
         weights = {
             k[len(name) + 1 :]: v for k, v in state[part].items() if k.startswith(name + ".")
         }
-        generator = ResnetGenerator(
+        generator = build_generator(
+            config,
             info["data"]["dim"],
-            config.ngf,
-            config.n_blocks,
-            config.kernel,
-            sharpen=name == "G_A",
-            shifts=config.kernel_shifts,
-            head=config.head,
+            exp2sim=name == "G_A",
             # runs from before b_nonnegative was recorded: clipped as asked
-            nonnegative=name == "G_A" and config.clips(info["data"].get("b_nonnegative", True)),
+            b_nonnegative=info["data"].get("b_nonnegative", True),
         )
         try:
             generator.load_state_dict(weights)
