@@ -36,7 +36,7 @@ from exp2sim.gan.train import Trainer
 def time_case(head: int, data: Path, steps: int) -> dict[str, float]:
     """Median training-step seconds and one evaluation's seconds for one head width."""
     demo = load_config("demo")
-    config = gan_config(demo, demo.gan).replace(head=head, fid_every=1000, figure_every=1000)
+    config = gan_config(demo, demo.gan).replace(head=head)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer.new(config, data / "a.npy", data / "b.npy", Path(tmp) / "run")
         for _ in range(3):
@@ -62,8 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         # the demo's mosaic shape: 6 rows of 10 tiles of 40 x 40 pixels
-        sharp = sharp_spectra(40, (240, 400), seed=1, width=1.0, lines=40).astype(np.float32)
-        np.save(data / "b.npy", sharp)
+        np.save(data / "b.npy", sharp_spectra(40, (240, 400), seed=1, width=1.0, lines=40))
         np.save(data / "a.npy", blur(sharp_spectra(40, (240, 400), seed=2, lines=40), 1.5))
         results: dict[int, list[dict[str, float]]] = {h: [] for h in heads}
         for r in range(args.rounds):
