@@ -69,6 +69,19 @@ def _normalised(intensity: torch.Tensor, s: torch.Tensor, gain: torch.Tensor) ->
     return torch.asinh(intensity / s) / gain
 
 
+def local_blur(intensity: torch.Tensor, weights: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Each pixel's weighted sum of its k^dim neighbourhood: intensity (B, 1, *S), weights
+    (B, k^dim, *S), taps in `itertools.product(range(k), repeat=dim)` order, centred ->
+    (B, 1, *S). Edges are extended by replication. Linear in `intensity`."""
+    dim = intensity.dim() - 2
+    padded = F.pad(intensity, [kernel // 2] * (2 * dim), mode="replicate")
+    out = torch.zeros_like(intensity)
+    for tap, offset in enumerate(itertools.product(range(kernel), repeat=dim)):
+        region = tuple(slice(o, o + n) for o, n in zip(offset, intensity.shape[2:], strict=True))
+        out = out + weights[:, tap : tap + 1] * padded[(slice(None), slice(None), *region)]
+    return out
+
+
 class ResnetGenerator(nn.Module):
     """ResNet generator: 7-wide stem, two anti-aliased downsamplings (x2 channels each),
     `n_blocks` residual blocks at 1/4 resolution, two anti-aliased upsamplings, a `head`-wide
@@ -188,6 +201,21 @@ class ResnetGenerator(nn.Module):
             if context is None or tuple(context.shape) != want:
                 got = None if context is None else tuple(context.shape)
                 raise ValueError(f"this generator needs context of shape {want}, got {got}")
+        y, feats = self._pass(x, layers, encode_only)
+        if y is None:
+            return None, feats
+        if self.kernel:
+            y = self.apply_kernels(x, y, context)
+        if layers:
+            return y, feats
+        return y
+
+    def _pass(
+        self, x: torch.Tensor, layers: list[str] | tuple[str, ...], encode_only: bool
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """The network itself: (head output or None with `encode_only`, the requested
+        encoder layers' outputs)."""
+        names = encoder_layer_names(self.n_blocks)
         stop = max(names.index(n) for n in layers) if encode_only else len(names)
         # each encoder stage: (name of its output, module making it, module applied after)
         stages = [("stem", self.stem_conv, self.stem_act)]
@@ -203,12 +231,32 @@ class ResnetGenerator(nn.Module):
                 return None, [feats[n] for n in layers]
             if after is not None:
                 h = after(h)
-        y = self.decode(h)[(slice(None), slice(None), *crop)]
-        if self.kernel:
-            y = self.apply_kernels(x, y, context)
-        if layers:
-            return y, [feats[n] for n in layers]
-        return y
+        return self.decode(h)[(slice(None), slice(None), *crop)], [feats[n] for n in layers]
+
+    def kernel_weights(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-pixel kernels a kernel generator applies to x (B, 1, *S), normalised in
+        the source domain: weights (B, k^dim + n_shifts, *S) >= 0, summing to 1 at every
+        pixel, in the order of `apply_kernels` (local taps by `itertools.product`, then the
+        shifts). For a given x they make the translation a linear map of x's intensities
+        (`refine.LearnedBlur`)."""
+        if not self.kernel:
+            raise ValueError("only a kernel generator has kernel weights")
+        logits, _ = self._pass(x, (), False)
+        return self._tap_weights(logits, context)
+
+    def _tap_weights(self, logits: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """Head output (B, taps [+ 1], *S) -> softmax tap weights (B, taps, *S); shifted
+        taps missing from `context` (NaN) get none."""
+        local = self.kernel**self.dim
+        taps = local + len(self.shifts)
+        tap_logits = logits[:, :taps].float() + self.prior.view((1, taps) + (1,) * self.dim)
+        if self.shifts:
+            missing = torch.isnan(context)
+            tap_logits = torch.cat(
+                [tap_logits[:, :local], tap_logits[:, local:].masked_fill(missing, -torch.inf)],
+                dim=1,
+            )
+        return torch.softmax(tap_logits, dim=1)
 
     def translation(
         self,
@@ -260,7 +308,7 @@ class ResnetGenerator(nn.Module):
         logits (B, k^dim + n_shifts [+ 1], *S) from the head, context (B, n_shifts, *S) as
         in `forward` -> (B, 1, *S) normalised in the target domain. Edges are extended by
         replication; masked pixels (0) count as empty; missing context taps get no weight."""
-        k, local = self.kernel, self.kernel**self.dim
+        local = self.kernel**self.dim
         taps = local + len(self.shifts)
         # 0-d tensors, not Python floats: no device-to-host copy on a GPU every pass
         s_source, gain_source, s_target, gain_target = self.scales
@@ -269,21 +317,10 @@ class ResnetGenerator(nn.Module):
             return _intensity(z.float(), s_source, gain_source)
 
         intensity = to_intensity(x)
-        tap_logits = logits[:, :taps].float() + self.prior.view((1, taps) + (1,) * self.dim)
+        weights = self._tap_weights(logits, context)
+        out = local_blur(intensity, weights[:, :local], self.kernel)
         if self.shifts:
-            missing = torch.isnan(context)
-            shifted = to_intensity(context.masked_fill(missing, 0.0))
-            tap_logits = torch.cat(
-                [tap_logits[:, :local], tap_logits[:, local:].masked_fill(missing, -torch.inf)],
-                dim=1,
-            )
-        weights = torch.softmax(tap_logits, dim=1)
-        padded = F.pad(intensity, [k // 2] * (2 * self.dim), mode="replicate")
-        out = torch.zeros_like(intensity)
-        for tap, offset in enumerate(itertools.product(range(k), repeat=self.dim)):
-            region = tuple(slice(o, o + n) for o, n in zip(offset, x.shape[2:], strict=True))
-            out = out + weights[:, tap : tap + 1] * padded[(slice(None), slice(None), *region)]
-        if self.shifts:
+            shifted = to_intensity(context.masked_fill(torch.isnan(context), 0.0))
             out = out + (weights[:, local:] * shifted).sum(1, keepdim=True)
         if self.sharpen:
             amount = F.softplus(logits[:, taps:].float() - 2.0)  # starts near 0.13
