@@ -246,6 +246,12 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     gan_data = json.loads((out / "gan" / "config.json").read_text())["data"]
     assert (gan_data["dim"], gan_data["spectrum_dim"]) == (3, 2)
     assert "gap_closed_convolution_bins" in m
+    # the GAN's deconvolution refined with its Sim2Exp kernels (refine_iterations: 5)
+    from exp2sim.evaluation.pipeline import REFINED
+
+    assert REFINED in m["accuracy_classifier_unconvolved"]
+    assert "gap_closed_deconvolution_refined" in m
+    assert np.isfinite(m["fidelity_deconvolution"]["GAN, refined"]["psnr"])
     assert np.isfinite(m["fidelity_convolution"][BINS_ROW]["psnr"])
     assert set(m["applicability"]) >= {"digits", "photographs", "Rb2MnF4", "negative control"}
     for summary in m["applicability"].values():  # a median lies within one std of the mean
@@ -260,6 +266,7 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     report = (out / "report.md").read_text()
     assert "Gap closed by the GAN" in report and "ROC AUC" in report
     assert "Certainty gap closed by the GAN" in report
+    assert "refined by 5 iterations of Richardson-Lucy" in report
     assert "know what it does not know" in report
     assert m["volume"]["shape"] == [16, 16, 16]
     assert np.isfinite(m["volume"]["psnr_deconvolution"]["GAN"])

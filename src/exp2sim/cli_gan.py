@@ -170,6 +170,14 @@ def translate(
             "per monitor, ...); --no-match-intensity translates the values as given."
         ),
     ] = True,
+    refine: Annotated[
+        int,
+        typer.Option(
+            help="exp2sim only: this many Richardson-Lucy iterations after the translation, "
+            "with the resolution kernels the run's Sim2Exp generator learned (kernel runs; "
+            "5 is the demo's; 0: none)."
+        ),
+    ] = 0,
 ) -> None:
     """Translate spectra with one generator of a trained run; shape and mask are kept."""
     with user_errors():
@@ -177,6 +185,8 @@ def translate(
         from exp2sim.gan.translate import Translator
         from exp2sim.readers import HDF5_SUFFIXES, check_compatible, read_spectra_file
 
+        if refine < 0 or (refine and direction != "exp2sim"):
+            raise ValueError(f"--refine {refine}: give 0, or a positive count with exp2sim")
         to_hdf5 = out.suffix in HDF5_SUFFIXES
         if not (out.suffix == ".npy" or (to_hdf5 and input.suffix in HDF5_SUFFIXES)):
             raise ValueError(f"{out}: write .npy, or .h5 when the input is an HDF5 file")
@@ -193,6 +203,13 @@ def translate(
             raise ValueError(f"{out}: write .npy for a Mantid input (its layout is not NXdata)")
         check_compatible(file, None, translator.axes, str(input), ndim=translator.dim)
         result = translator(file.signal)
+        if refine:
+            from exp2sim.gan.refine import LearnedBlur
+
+            blur = LearnedBlur.from_run(
+                run, checkpoint, device, max_voxels=max_voxels, match_intensity=match_intensity
+            )
+            result = blur.deconvolve(file.signal, result, refine).astype(result.dtype)
         if to_hdf5:
             _write_translated_h5(input, out, result, run, direction)
         else:

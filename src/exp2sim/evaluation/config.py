@@ -62,6 +62,9 @@ class EvaluationConfig:
     gan: dict = field(default_factory=dict)
     classifier: dict = field(default_factory=dict)
     rl_iterations: int = 30
+    # Richardson-Lucy iterations with the GAN's learned kernels after its deconvolution
+    # (gan/refine.py; a row of its own in the report; 0: none). Kernel generators only.
+    refine_iterations: int = 5
     n_outliers: int = 10
     applicability_repeats: int = 1000
     applicability_points: int = 20
@@ -79,6 +82,8 @@ class EvaluationConfig:
             raise ValueError("n_train_convolved must be >= 4 and n_test >= 2")
         if not 0 < self.spread <= 1:
             raise ValueError(f"spread must be in (0, 1], got {self.spread}")
+        if self.refine_iterations < 0:
+            raise ValueError(f"refine_iterations must be at least 0, got {self.refine_iterations}")
         if self.applicability_points < 1 or self.applicability_repeats < 1:
             raise ValueError("applicability_points and applicability_repeats must be >= 1")
 

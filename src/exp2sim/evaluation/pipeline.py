@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
@@ -34,6 +35,9 @@ from exp2sim.evaluation.data import (
 )
 from exp2sim.fileio import write_npy_atomic, write_text_atomic
 from exp2sim.spectra.generate import SimulationConfig
+
+if TYPE_CHECKING:  # torch is imported only when the GAN is needed
+    from exp2sim.gan.translate import Translator
 
 MAGNETS = Path(__file__).parent / "magnets"
 # the reference row of the convolution tables (EvaluationConfig.reference_bins)
@@ -328,6 +332,23 @@ def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) ->
 
 
 # ------------------------------------------------------------------------------ the run
+REFINED = "GAN-deconvolved, refined"  # the GAN's deconvolution, then RL with its kernels
+
+
+def refine(
+    cfg: EvaluationConfig, sim2exp: Translator, measured: np.ndarray, deconvolved: np.ndarray
+) -> np.ndarray | None:
+    """The GAN's deconvolutions refined by `cfg.refine_iterations` of Richardson-Lucy with
+    Sim2Exp's learned kernels (gan/refine.py); None when none are asked for or the run's
+    generators draw their output instead of predicting kernels."""
+    from exp2sim.gan.refine import LearnedBlur
+
+    g = sim2exp.generator
+    if not cfg.refine_iterations or not g.kernel or g.shifts:
+        return None
+    return LearnedBlur(sim2exp).deconvolve(measured, deconvolved, cfg.refine_iterations)
+
+
 def run_evaluation(
     cfg: EvaluationConfig, out: str | Path, console: Console | None = None, show: bool = True
 ) -> dict:
@@ -376,6 +397,7 @@ def run_evaluation(
         blur = baselines.ResolutionBlur.for_config(SimulationConfig(kind="mosaic"))
         blurred = baselines.gaussian_convolve(test.signal, blur)
         lucy = baselines.richardson_lucy_deconvolve(test_conv.signal, blur, cfg.rl_iterations)
+        refined = refine(cfg, sim2exp, test_conv.signal, deconvolved)
     with stages.stage("Classifying"):
         rows = np.arange(len(test))
 
@@ -395,6 +417,7 @@ def run_evaluation(
                 "convolved": test_conv.signal,
                 "GAN-deconvolved": deconvolved,
                 "Richardson-Lucy": lucy,
+                **({} if refined is None else {REFINED: refined}),
             },
         )
         correct_rev, certain_rev = assess(
@@ -434,7 +457,7 @@ def run_evaluation(
         lo_hi = metrics.gap_closed_interval(scores[truth], scores[before], scores[methods[0]])
         return {"mean": mean, "gap_closed": closed, "gap_closed_interval": list(lo_hi)}
 
-    deconvolution = ("GAN-deconvolved", "Richardson-Lucy")
+    deconvolution = ("GAN-deconvolved", "Richardson-Lucy") + (() if refined is None else (REFINED,))
     convolution = ("GAN-convolved", "Gaussian blur", *references)
     accuracy_fwd, accuracy_rev = gaps(correct_fwd, deconvolution), gaps(correct_rev, convolution)
 
@@ -451,7 +474,9 @@ def run_evaluation(
 
     with stages.stage("Paired fidelity"):
         fid_deconv = fidelity(
-            {"GAN": deconvolved, "Richardson-Lucy": lucy, "convolved input": test_conv.signal},
+            {"GAN": deconvolved}
+            | ({} if refined is None else {"GAN, refined": refined})
+            | {"Richardson-Lucy": lucy, "convolved input": test_conv.signal},
             test.signal,
         )
         fid_conv = fidelity(
@@ -469,6 +494,7 @@ def run_evaluation(
         "accuracy_classifier_convolved": accuracy_rev["mean"],
         "gap_closed_deconvolution": accuracy_fwd["gap_closed"]["GAN-deconvolved"],
         "gap_closed_deconvolution_richardson_lucy": accuracy_fwd["gap_closed"]["Richardson-Lucy"],
+        "gap_closed_deconvolution_refined": accuracy_fwd["gap_closed"].get(REFINED),
         "gap_closed_convolution": accuracy_rev["gap_closed"]["GAN-convolved"],
         "gap_closed_convolution_gaussian_blur": accuracy_rev["gap_closed"]["Gaussian blur"],
         "gap_closed_convolution_bins": accuracy_rev["gap_closed"].get(BINS_ROW),
@@ -492,6 +518,7 @@ def run_evaluation(
             {
                 "convolved (input)": test_conv.signal[0],
                 "GAN-deconvolved": deconvolved[0],
+                **({} if refined is None else {"GAN, refined": refined[0]}),
                 "Richardson-Lucy": lucy[0],
                 "unconvolved (truth)": test.signal[0],
             },

@@ -66,7 +66,15 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "",
         f"Gap closed by the GAN: **{_pct(m['gap_closed_deconvolution'])}** "
         f"{_interval(m['gap_closed_deconvolution_interval'])} "
-        f"(Richardson-Lucy: {_pct(m['gap_closed_deconvolution_richardson_lucy'])}).",
+        f"(Richardson-Lucy: {_pct(m['gap_closed_deconvolution_richardson_lucy'])}"
+        + (
+            ""
+            if m.get("gap_closed_deconvolution_refined") is None
+            else f"; the GAN's deconvolution refined by {cfg.refine_iterations} iterations of "
+            "Richardson-Lucy with the resolution kernels its Sim2Exp generator learned: "
+            f"{_pct(m['gap_closed_deconvolution_refined'])}"
+        )
+        + ").",
         "",
         _certainty_line(m["certainty_classifier_unconvolved"]),
         "",
