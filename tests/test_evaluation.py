@@ -75,6 +75,7 @@ def test_paper_smoke_config_runs_the_paper_networks_on_a_few_spectra():
         ("n_test = 0\n", "n_test must be at least 1"),
         ('models = ["goodenough"]\n', "at least two models"),
         ("spread = 1.5\n", "spread must be in"),
+        ("refine_iterations = -1\n", "refine_iterations must be at least 0"),
         ("n_test = [\n", "not valid TOML"),
     ],
 )
@@ -85,6 +86,30 @@ def test_bad_config_is_one_clear_error(tmp_path, text, message):
         load_config(f)
     with pytest.raises(ValueError, match="unknown evaluation config"):
         load_config("papper")
+
+
+def test_refinement_only_for_kernel_generators_without_shifts():
+    """The report's refined row needs Sim2Exp's kernels: none for a GAN that draws its
+    output, or one with kernel shifts, or with refine_iterations = 0; else the refined
+    spectra, NaN where the measured ones are."""
+    from exp2sim.evaluation.pipeline import refine
+    from exp2sim.gan.networks import ResnetGenerator
+    from exp2sim.gan.normalisation import IntensityScale
+    from exp2sim.gan.translate import Translator
+
+    scale = IntensityScale(q=1.0)
+    x = np.random.default_rng(0).random((2, 12, 16))
+    x[:, 0, 0] = np.nan
+    kernel = ResnetGenerator(2, ngf=4, n_blocks=1, kernel=3)
+    kernel.set_scales(scale, scale)
+    drawn = ResnetGenerator(2, ngf=4, n_blocks=1)
+    shifted = ResnetGenerator(2, ngf=4, n_blocks=1, kernel=3, shifts=((0, 4), (0, -4)))
+    cfg, off = EvaluationConfig(), EvaluationConfig(refine_iterations=0)
+    for c, g in ((cfg, drawn), (cfg, shifted), (off, kernel)):
+        assert refine(c, Translator(g, scale, scale), x, x) is None
+    out = refine(cfg, Translator(kernel, scale, scale), x, x)
+    assert out.shape == x.shape and np.isnan(out[:, 0, 0]).all()
+    assert np.isfinite(out[:, 1:]).all() and not np.allclose(out[:, 1:], x[:, 1:])
 
 
 def test_changed_config_refuses_an_existing_report(tmp_path):
@@ -267,6 +292,7 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     assert "Gap closed by the GAN" in report and "ROC AUC" in report
     assert "Certainty gap closed by the GAN" in report
     assert "refined by 5 iterations of Richardson-Lucy" in report
+    assert f"{REFINED}: " in report  # its share of the certainty gap
     assert "know what it does not know" in report
     assert m["volume"]["shape"] == [16, 16, 16]
     assert np.isfinite(m["volume"]["psnr_deconvolution"]["GAN"])
