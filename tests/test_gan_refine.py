@@ -141,6 +141,9 @@ def test_refinement_keeps_masks_and_refuses_bad_input():
         LearnedBlur(Translator(drawn, scale, scale))
     with pytest.raises(ValueError, match="without kernel shifts"):
         LearnedBlur(Translator(shifted, scale, scale))
+    exp2sim = ResnetGenerator(2, ngf=4, n_blocks=1, kernel=3, sharpen=True)
+    with pytest.raises(ValueError, match="not Exp2Sim's unsharp mask"):
+        LearnedBlur(Translator(exp2sim, scale, scale))
 
 
 def test_translate_refine_command(tmp_path):

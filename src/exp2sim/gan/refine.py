@@ -50,7 +50,10 @@ class LearnedBlur:
                 "this run's draw their output"
             )
         if g.shifts or g.sharpen:
-            raise ValueError("refining needs the Sim2Exp generator without kernel shifts")
+            raise ValueError(
+                "refining needs a run's Sim2Exp generator (a blur, not Exp2Sim's unsharp "
+                "mask) without kernel shifts"
+            )
         self.translator = sim2exp
 
     @classmethod
