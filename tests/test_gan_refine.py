@@ -141,6 +141,15 @@ def test_refinement_keeps_masks_and_refuses_bad_input():
         LearnedBlur(Translator(drawn, scale, scale))
     with pytest.raises(ValueError, match="without kernel shifts"):
         LearnedBlur(Translator(shifted, scale, scale))
+    # the kernels themselves: none for a drawing generator; shifted taps need their context
+    # and get no weight where it is missing
+    with pytest.raises(ValueError, match="only a kernel generator"):
+        drawn.kernel_weights(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="needs context"):
+        shifted.kernel_weights(torch.zeros(1, 1, 8, 16))
+    w = shifted.kernel_weights(torch.zeros(1, 1, 8, 16), torch.full((1, 2, 8, 16), torch.nan))
+    assert w.shape == (1, 11, 8, 16) and (w[:, 9:] == 0).all()
+    assert torch.allclose(w.sum(1), torch.ones(()))
     exp2sim = ResnetGenerator(2, ngf=4, n_blocks=1, kernel=3, sharpen=True)
     with pytest.raises(ValueError, match="not Exp2Sim's unsharp mask"):
         LearnedBlur(Translator(exp2sim, scale, scale))

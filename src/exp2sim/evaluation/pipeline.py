@@ -341,10 +341,9 @@ def refine(
     """The GAN's deconvolutions refined by `cfg.refine_iterations` of Richardson-Lucy with
     Sim2Exp's learned kernels (gan/refine.py); None when none are asked for or the run's
     generators draw their output instead of predicting kernels."""
-    from exp2sim.gan.refine import LearnedBlur
+    from exp2sim.gan.refine import LearnedBlur, unsupported
 
-    g = sim2exp.generator
-    if not cfg.refine_iterations or not g.kernel or g.shifts:
+    if not cfg.refine_iterations or unsupported(sim2exp.generator):
         return None
     return LearnedBlur(sim2exp).deconvolve(measured, deconvolved, cfg.refine_iterations)
 

@@ -196,11 +196,8 @@ class ResnetGenerator(nn.Module):
             raise ValueError(f"unknown encoder layers {sorted(unknown)}")
         if encode_only and not layers:
             raise ValueError("encode_only needs at least one encoder layer")
-        if self.shifts and not encode_only:
-            want = (x.shape[0], len(self.shifts), *x.shape[2:])
-            if context is None or tuple(context.shape) != want:
-                got = None if context is None else tuple(context.shape)
-                raise ValueError(f"this generator needs context of shape {want}, got {got}")
+        if not encode_only:
+            self._check_context(x, context)
         y, feats = self._pass(x, layers, encode_only)
         if y is None:
             return None, feats
@@ -241,8 +238,17 @@ class ResnetGenerator(nn.Module):
         (`refine.LearnedBlur`)."""
         if not self.kernel:
             raise ValueError("only a kernel generator has kernel weights")
+        self._check_context(x, context)
         logits, _ = self._pass(x, (), False)
         return self._tap_weights(logits, context)
+
+    def _check_context(self, x: torch.Tensor, context: torch.Tensor | None) -> None:
+        """A generator with kernel shifts needs their taps (B, n_shifts, *S) for x."""
+        if self.shifts:
+            want = (x.shape[0], len(self.shifts), *x.shape[2:])
+            if context is None or tuple(context.shape) != want:
+                got = None if context is None else tuple(context.shape)
+                raise ValueError(f"this generator needs context of shape {want}, got {got}")
 
     def _tap_weights(self, logits: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         """Head output (B, taps [+ 1], *S) -> softmax tap weights (B, taps, *S); shifted

@@ -31,8 +31,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exp2sim.gan.networks import local_blur
+from exp2sim.gan.networks import ResnetGenerator, local_blur
 from exp2sim.gan.translate import Translator
+
+
+def unsupported(generator: ResnetGenerator) -> str | None:
+    """Why `generator` cannot serve as a learned blur, or None if it can."""
+    if not generator.kernel:
+        return (
+            "refining needs a run whose generators predict kernels (kernel > 0); "
+            "this run's draw their output"
+        )
+    if generator.shifts or generator.sharpen:
+        return (
+            "refining needs a run's Sim2Exp generator (a blur, not Exp2Sim's unsharp "
+            "mask) without kernel shifts"
+        )
+    return None
 
 
 class LearnedBlur:
@@ -43,17 +58,9 @@ class LearnedBlur:
     """
 
     def __init__(self, sim2exp: Translator) -> None:
-        g = sim2exp.generator
-        if not g.kernel:
-            raise ValueError(
-                "refining needs a run whose generators predict kernels (kernel > 0); "
-                "this run's draw their output"
-            )
-        if g.shifts or g.sharpen:
-            raise ValueError(
-                "refining needs a run's Sim2Exp generator (a blur, not Exp2Sim's unsharp "
-                "mask) without kernel shifts"
-            )
+        reason = unsupported(sim2exp.generator)
+        if reason:
+            raise ValueError(reason)
         self.translator = sim2exp
 
     @classmethod
@@ -76,6 +83,7 @@ class LearnedBlur:
         return v
 
     def _unvolume(self, volumes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """`_volumes`' inverse: (V, *S_v) -> (*S)."""
         t = self.translator
         return volumes[0] if t.fold is None else t.fold.unfold(volumes, shape)[0]
 
@@ -85,8 +93,7 @@ class LearnedBlur:
         as the translator would: (V, k^dim, *S_v) float64 on the translator's device,
         summing to 1 over the taps."""
         t = self.translator
-        factor = 1.0 if t.match is None else float(t.match.factors(spectrum[None])[0])
-        z = self._volumes(t.source.transform(spectrum * factor))
+        z = self._volumes(t.normalise(spectrum)[0])
         x = torch.from_numpy(np.nan_to_num(z, nan=0.0)).to(t.device)[:, None]
         step = max(1, t.max_voxels // math.prod(z.shape[1:]))
         parts = [t.generator.kernel_weights(x[i : i + step]) for i in range(0, len(x), step)]
@@ -132,13 +139,15 @@ class LearnedBlur:
         return out
 
     def _deconvolve_one(self, y: np.ndarray, start: np.ndarray, iterations: int) -> np.ndarray:
-        w = self.weights(np.where(np.isfinite(y), start, np.nan))
-        offset = min(0.0, float(np.nanmin(y)), float(np.nanmin(np.where(np.isfinite(y), start, 0))))
+        measured = np.isfinite(y)
+        w = self.weights(np.where(measured, start, np.nan))
+        offset = min(0.0, float(y[measured].min()), float(start[measured].min()))
         data = self._tensor(y - offset)
         m = torch.isfinite(data).double()
         data = torch.nan_to_num(data)
         tiny = 1e-12 * max(float(data.max()), 1e-300)
-        u = self._tensor(np.clip(start - offset, 0.0, None)).nan_to_num().clamp_min(tiny) * m
+        # start - offset >= 0 where measured; the fold's pads (NaN) and masked voxels are 0
+        u = self._tensor(start - offset).nan_to_num().clamp_min(tiny) * m
         norm = self._transpose(m, w).clamp_min(tiny)
         for _ in range(int(iterations)):
             ratio = m * data / self._apply(u, w).clamp_min(tiny)

@@ -191,12 +191,19 @@ class Translator:
         if self.fold is not None:
             self.fold.grid(spectra.shape[1:])  # a clear error for spectra it cannot fold
         out = np.empty_like(spectra)
-        factors = np.ones(len(spectra)) if self.match is None else self.match.factors(spectra)
-        for i, (s, factor) in enumerate(zip(spectra, factors, strict=True)):
-            z = self.source.transform(s * factor)  # NaN where masked
+        for i, s in enumerate(spectra):
+            z, factor = self.normalise(s)
             y = self.target.inverse(self._translate_spectrum(z)) / factor
             out[i] = np.where(np.isnan(s), np.nan, y)
         return out
+
+    def normalise(self, spectrum: np.ndarray) -> tuple[np.ndarray, float]:
+        """One spectrum (*S) as the generator takes it: brought to a typical training
+        spectrum's level by `factor` (1 without `match`) and normalised with the source
+        domain's scale. Returns (z (*S) float32, NaN where masked; factor)."""
+        # a float64 factor, as before this method: the product is then formed in float64
+        factor = np.float64(1.0) if self.match is None else self.match.factors(spectrum[None])[0]
+        return self.source.transform(spectrum * factor), factor
 
     def tile_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """Tile sides for a spectrum of `shape`: the whole spectrum if it has at most
