@@ -235,6 +235,30 @@ crop = 16
 """
 
 
+def test_a_gan_keeps_one_progress_bar_across_its_epochs(monkeypatch):
+    """The demo's GAN bar says which epoch it is in; a new epoch must not start a new
+    bar (ten stacked, stalled bars in a terminal before)."""
+    import io
+
+    from rich.console import Console
+
+    from exp2sim import cli_common
+    from exp2sim.evaluation.pipeline import Stages
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli_common, "err_console", Console(file=out, width=120))
+    stages = Stages(Console(file=io.StringIO()), show=True)
+    with stages.bar("GAN") as update:
+        for done in range(1, 7):
+            update(f"epoch {(done - 1) // 2 + 1}/3", done, 6, task="gan")
+        update("first set", 1, 2)
+        update("second set", 2, 2)
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    gan = [line for line in lines if "epoch" in line]
+    assert len(gan) == 1 and "6/6" in gan[0] and "epoch 3/3" in gan[0]
+    assert sum("set" in line for line in lines) == 2  # without a task: one bar per text
+
+
 def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     """`exp2sim demo --config tiny.toml`: every stage, report, metrics and models; the
     second run reuses everything (no simulation, no training)."""

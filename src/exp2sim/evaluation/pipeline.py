@@ -78,15 +78,18 @@ class Stages:
         self.seconds[name] = round(time.perf_counter() - t0, 1)
 
     @contextlib.contextmanager
-    def bar(self, label: str) -> Iterator[Callable[[str, int, int], None]]:
-        """A progress callback (task label, done, total) drawing one bar per label."""
+    def bar(self, label: str) -> Iterator[Callable[..., None]]:
+        """A progress callback (what, done, total, task=what) drawing one bar per task:
+        `what` is the text beside the bar, `task` names the bar when that text changes
+        while the same work goes on (a GAN's epochs)."""
         with progress_bar(label, "what", self.show) as bar:
             tasks: dict[str, int] = {}
 
-            def update(what: str, done: int, total: int) -> None:
-                if what not in tasks:
-                    tasks[what] = bar.add_task(label, total=total, what=what)
-                bar.update(tasks[what], completed=done, total=total)
+            def update(what: str, done: int, total: int, task: str | None = None) -> None:
+                key = what if task is None else task
+                if key not in tasks:
+                    tasks[key] = bar.add_task(label, total=total, what=what)
+                bar.update(tasks[key], completed=done, total=total, what=what)
 
             yield update
 
@@ -202,7 +205,7 @@ def train_gan_run(
         def progress(s: dict) -> None:
             nonlocal done
             done += 1
-            update(f"epoch {s['epoch'] + 1}/{trainer.total_epochs}", done, total)
+            update(f"epoch {s['epoch'] + 1}/{trainer.total_epochs}", done, total, task="gan")
 
         trainer.fit(progress)
     return run
