@@ -272,6 +272,7 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     cmd = [sys.executable, "-m", "exp2sim", "demo", "--out", str(out), "--config", str(config)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Gap in the margin closed by the GAN" in proc.stdout + proc.stderr
     m = json.loads((out / "metrics.json").read_text())
     for key in ("gap_closed_deconvolution", "gap_closed_convolution", "auc_digits", "auc_photos"):
         assert key in m
@@ -287,6 +288,10 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
             assert abs(c["gap_closed"][gan] - expected) < 1e-12
         else:  # no certainty lost: no gap to close (NaN, written as null)
             assert c["gap_closed"][gan] is None
+        margin = m[f"margin_classifier_{trained_on}"]
+        assert list(margin["mean"]) == list(c["mean"])
+        for name, value in margin["mean"].items():  # the true model's certainty minus another's
+            assert -1.0 <= value <= c["mean"][name] + 1e-12
     # the bins-only reference: its own paired test spectra, a row and a fidelity
     from exp2sim.evaluation.pipeline import BINS_ROW
 
@@ -315,6 +320,7 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     report = (out / "report.md").read_text()
     assert "Gap closed by the GAN" in report and "ROC AUC" in report
     assert "Certainty gap closed by the GAN" in report
+    assert "Margin gap closed by the GAN" in report and "| margin |" in report
     assert "refined by 5 iterations of Richardson-Lucy" in report
     assert f"{REFINED}: " in report  # its share of the certainty gap
     assert "know what it does not know" in report

@@ -368,6 +368,17 @@ def test_accuracy_gap_closed_and_roc_auc_hand_cases():
     assert metrics.roc_auc([1.0, 1.0], [1.0]) == 0.5
 
 
+def test_true_model_certainty_and_margin_hand_cases():
+    # DUQ certainties need not sum to 1: both models can be certain at once
+    k = np.array([[0.9, 0.2, 0.1], [0.3, 0.6, 0.5], [0.8, 0.7, 0.75], [0.1, 0.1, 0.1]])
+    true, margin = metrics.true_model_certainty(k, np.array([0, 0, 1, 2]))
+    np.testing.assert_allclose(true, [0.9, 0.3, 0.7, 0.1])
+    np.testing.assert_allclose(margin, [0.7, -0.3, -0.1, 0.0])  # against the best other
+    # raising every model's certainty raises the true one's, not the margin
+    t2, m2 = metrics.true_model_certainty(np.array([[0.6, 0.3], [0.9, 0.8]]), np.array([0, 0]))
+    np.testing.assert_allclose([t2[1] - t2[0], m2[1] - m2[0]], [0.3, -0.2])
+
+
 def test_metric_input_errors():
     with pytest.raises(ValueError, match="shapes differ"):
         metrics.psnr(np.zeros(3), np.zeros(4))

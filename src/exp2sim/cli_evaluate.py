@@ -59,12 +59,13 @@ def print_summary(m: dict, out: Path) -> None:
         f"convolution {pct(m['gap_closed_convolution'])}. Applicability ROC AUC: digits "
         f"{m['auc_digits']:.3f}, photographs {m['auc_photos']:.3f}."
     )
-    closed = [
-        m[f"certainty_classifier_{k}"]["gap_closed"][gan]
-        for k, gan in (("unconvolved", "GAN-deconvolved"), ("convolved", "GAN-convolved"))
-    ]
-    console.print(
-        f"Gap in the certainty of the true model closed by the GAN: deconvolution "
-        f"{pct(closed[0])}, convolution {pct(closed[1])}."
-    )
+    for what, key in (("certainty of the true model", "certainty"), ("margin", "margin")):
+        closed = [
+            m[f"{key}_classifier_{k}"]["gap_closed"][gan]
+            for k, gan in (("unconvolved", "GAN-deconvolved"), ("convolved", "GAN-convolved"))
+        ]
+        console.print(
+            f"Gap in the {what} closed by the GAN: deconvolution {pct(closed[0])}, "
+            f"convolution {pct(closed[1])}."
+        )
     console.print(f"Report: {out / 'report.md'} (numbers in {out / 'metrics.json'}).")

@@ -1,6 +1,7 @@
 """Metrics of the evaluation: paired fidelity of spectra (PSNR, SSIM over measured pixels),
-classification accuracy, the share of an accuracy gap a translation closes, and ROC AUC of
-out-of-distribution scores.
+classification accuracy, the certainty of the true model and its margin over the others,
+the share of an accuracy gap a translation closes, and ROC AUC of out-of-distribution
+scores.
 
 Fidelity metrics compare two spectra of the same shape S (1D, 2D or 3D, or a batch (n, *S)
 taken as one array); a pixel counts only if it is finite in both (NaN = masked). For one
@@ -113,6 +114,25 @@ def accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
     if len(truth) == 0:
         raise ValueError("accuracy of no predictions")
     return float(np.mean(pred == truth))
+
+
+def true_model_certainty(
+    certainties: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A classifier's certainty (n,) for each spectrum's true model, and its margin (n,):
+    that certainty minus the highest certainty of another model.
+
+    certainties: (n, C), C >= 2, each in [0, 1] (DUQ's kernel values, which need not sum
+    to 1); labels: (n,) true class indices. Every model's certainty can rise at once (a
+    sparser spectrum is closer to every centroid); the margin rises only when the true
+    model is told apart better.
+    """
+    certainties = np.asarray(certainties, dtype=float)
+    rows = np.arange(len(labels))
+    true = certainties[rows, labels]
+    others = certainties.copy()
+    others[rows, labels] = -np.inf
+    return true, true - others.max(axis=1)
 
 
 def gap_closed(truth_acc: float, before_acc: float, after_acc: float) -> float:

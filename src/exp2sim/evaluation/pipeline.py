@@ -401,18 +401,20 @@ def run_evaluation(
         lucy = baselines.richardson_lucy_deconvolve(test_conv.signal, blur, cfg.rl_iterations)
         refined = refine(cfg, sim2exp, test_conv.signal, deconvolved)
     with stages.stage("Classifying"):
-        rows = np.arange(len(test))
 
-        def assess(clf, sets: dict[str, np.ndarray]) -> tuple[dict, dict]:  # noqa: ANN001
+        def assess(clf, sets: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:  # noqa: ANN001
             """Per test spectrum of each set: whether the classifier gets its model right,
-            and its certainty (0-1) for that true model."""
+            its certainty (0-1) for that true model, and the margin over the other models
+            (metrics.true_model_certainty)."""
             k = {name: clf.certainties(x) for name, x in sets.items()}
+            scores = {name: metrics.true_model_certainty(v, test.labels) for name, v in k.items()}
             return (
                 {name: v.argmax(1) == test.labels for name, v in k.items()},
-                {name: v[rows, test.labels] for name, v in k.items()},
+                {name: v[0] for name, v in scores.items()},
+                {name: v[1] for name, v in scores.items()},
             )
 
-        correct_fwd, certain_fwd = assess(
+        correct_fwd, certain_fwd, margin_fwd = assess(
             cls_unconvolved,
             {
                 "unconvolved (truth)": test.signal,
@@ -422,7 +424,7 @@ def run_evaluation(
                 **({} if refined is None else {REFINED: refined}),
             },
         )
-        correct_rev, certain_rev = assess(
+        correct_rev, certain_rev, margin_rev = assess(
             cls_convolved,
             {
                 "convolved (truth)": test_conv.signal,
@@ -505,6 +507,8 @@ def run_evaluation(
         "accuracy_standard_error": float(np.sqrt(0.25 / len(test))),
         "certainty_classifier_unconvolved": gaps(certain_fwd, deconvolution),
         "certainty_classifier_convolved": gaps(certain_rev, convolution),
+        "margin_classifier_unconvolved": gaps(margin_fwd, deconvolution),
+        "margin_classifier_convolved": gaps(margin_rev, convolution),
         "fidelity_deconvolution": fid_deconv,
         "fidelity_convolution": fid_conv,
         "known_fraction": known,

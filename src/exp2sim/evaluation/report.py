@@ -23,19 +23,21 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _accuracy_table(m: dict, trained_on: str) -> list[str]:
-    """Accuracy and mean certainty of the true model, per test set, of one classifier."""
+    """Accuracy, mean certainty of the true model and mean margin over the other models,
+    per test set, of one classifier."""
     accuracy = m[f"accuracy_classifier_{trained_on}"]
     certainty = m[f"certainty_classifier_{trained_on}"]["mean"]
-    rows = [[k, _pct(v), f"{certainty[k]:.3f}"] for k, v in accuracy.items()]
-    return _table(["test data", "accuracy", "certainty of the true model"], rows)
+    margin = m[f"margin_classifier_{trained_on}"]["mean"]
+    rows = [[k, _pct(v), f"{certainty[k]:.3f}", f"{margin[k]:.3f}"] for k, v in accuracy.items()]
+    return _table(["test data", "accuracy", "certainty of the true model", "margin"], rows)
 
 
-def _certainty_line(c: dict) -> str:
-    """The share of the certainty gap the GAN closes, then each other method's."""
+def _gap_line(what: str, c: dict) -> str:
+    """The share of a gap (certainty, margin) the GAN closes, then each other method's."""
     gan, *others = list(c["gap_closed"])
     rest = "; ".join(f"{k}: {_pct(c['gap_closed'][k])}" for k in others)
     return (
-        f"Certainty gap closed by the GAN: **{_pct(c['gap_closed'][gan])}** "
+        f"{what} gap closed by the GAN: **{_pct(c['gap_closed'][gan])}** "
         f"{_interval(c['gap_closed_interval'])} ({rest})."
     )
 
@@ -76,7 +78,9 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         )
         + ").",
         "",
-        _certainty_line(m["certainty_classifier_unconvolved"]),
+        _gap_line("Certainty", m["certainty_classifier_unconvolved"]),
+        "",
+        _gap_line("Margin", m["margin_classifier_unconvolved"]),
         "",
         "Classifier trained on **convolved** spectra (convolution direction):",
         "",
@@ -88,7 +92,9 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         f"{_interval(m['gap_closed_convolution_interval'])} "
         f"(Gaussian blur: {_pct(m['gap_closed_convolution_gaussian_blur'])}).",
         "",
-        _certainty_line(m["certainty_classifier_convolved"]),
+        _gap_line("Certainty", m["certainty_classifier_convolved"]),
+        "",
+        _gap_line("Margin", m["margin_classifier_convolved"]),
         "",
     ]
     if m.get("gap_closed_convolution_bins") is not None:
@@ -109,7 +115,9 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "smaller than a few of those is noise, and so is the share of it closed. "
         "Certainty: the classifier's certainty (0-1) for each test spectrum's true model, "
         "averaged over the test set; it measures a gap even where few spectra change class, "
-        "and its gap closed is defined the same way.",
+        "and its gap closed is defined the same way. It can rise for every model at once: "
+        "the margin (the true model's certainty minus the highest other model's, averaged, "
+        "-1 to 1) rises only when the true model is told apart better.",
         "",
         "## Paired fidelity (unmasked pixels, mean over the test set)",
         "",
