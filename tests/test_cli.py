@@ -154,3 +154,14 @@ def test_evaluate_refuses_a_bad_config_in_one_line(tmp_path):
     assert res.exit_code == 2
     assert "unknown evaluation settings: n_tset" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["classify", "translate", "applicability"])
+def test_help_names_every_format_the_readers_take(command):
+    """The three commands that read measured spectra share one reader (exp2sim.readers);
+    their help must say so (translate's named only .npy and exp2sim .h5 before)."""
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.output.replace("│", " ").split())
+    for fmt in ("NeXus NXdata", "Mantid MDHistoWorkspace", "folder of .npy"):
+        assert fmt in text, fmt

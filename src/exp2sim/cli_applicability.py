@@ -10,13 +10,13 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from exp2sim.cli_common import console, err_console, note, user_errors
+from exp2sim.cli_common import SPECTRA_HELP, console, err_console, note, user_errors
 
 
 def applicability(
     inputs: Annotated[
         list[Path],
-        typer.Argument(help="Spectra: .npy (one spectrum or a stack), exp2sim/NeXus .h5, folder."),
+        typer.Argument(help=f"Spectra: {SPECTRA_HELP}"),
     ],
     run: Annotated[Path, typer.Option(help="Training run directory.")],
     direction: Annotated[

@@ -10,7 +10,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from exp2sim.cli_common import console, err_console, note, progress_bar, user_errors
+from exp2sim.cli_common import SPECTRA_HELP, console, err_console, note, progress_bar, user_errors
 
 NONE_KNOWN = "none of the known models"
 
@@ -18,7 +18,7 @@ NONE_KNOWN = "none of the known models"
 def classify(
     input: Annotated[
         Path | None,
-        typer.Argument(help="Spectra to classify (with --model): .npy, .npy folder or .h5."),
+        typer.Argument(help=f"Spectra to classify (with --model): {SPECTRA_HELP}"),
     ] = None,
     train: Annotated[
         list[Path] | None,

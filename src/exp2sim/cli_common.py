@@ -20,6 +20,12 @@ from rich.progress import (
 console = Console()
 err_console = Console(stderr=True)
 
+# what classify, translate and applicability read (exp2sim.readers)
+SPECTRA_HELP = (
+    ".npy (one spectrum or a stack), a folder of .npy files, or HDF5 (.h5, .nxs): exp2sim "
+    "dataset, NeXus NXdata or Mantid MDHistoWorkspace."
+)
+
 
 def note(message: str) -> None:
     """One informational line on stderr, printed as it is (no markup, no highlighting)."""

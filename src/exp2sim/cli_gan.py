@@ -11,7 +11,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from exp2sim.cli_common import err_console, progress_bar, user_errors
+from exp2sim.cli_common import SPECTRA_HELP, err_console, progress_bar, user_errors
 
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 
@@ -151,7 +151,7 @@ def train(
 
 
 def translate(
-    input: Annotated[Path, typer.Argument(help="Spectra: .npy array/stack or exp2sim .h5.")],
+    input: Annotated[Path, typer.Argument(help=f"Spectra: {SPECTRA_HELP}")],
     run: Annotated[Path, typer.Option(help="Training run directory.")],
     out: Annotated[Path, typer.Option(help="Output .npy, or .h5 for an .h5 input.")],
     direction: Annotated[str, typer.Option(help="exp2sim (remove resolution) or sim2exp.")] = (
