@@ -3,8 +3,9 @@
 Reads an evaluation's output folder (`exp2sim demo --out DIR`: its data/, gan/ and
 classifier-unconvolved/), splits the paired test spectra into halves (even rows to fit, odd
 rows to score) and scores deconvolutions of the second half's Monte Carlo-convolved spectra
-by PSNR against the true unconvolved spectra and by the share of the certainty gap closed
-(the run's classifier trained on unconvolved spectra; the report's measure):
+by PSNR against the true unconvolved spectra and by the shares of the certainty gap and of
+the margin gap closed (the run's classifier trained on unconvolved spectra; the report's
+measures: the certainty of the true model, and its margin over the other models):
 
 - the report's three methods: the GAN's Exp2Sim translation, the same refined by five
   Richardson-Lucy iterations with the kernels of the GAN's Sim2Exp (gan/refine.py), and
@@ -221,11 +222,11 @@ def main() -> None:
     sim2exp = Translator.from_run(args.run / "gan", "sim2exp")
 
     classifier = DUQClassifier.load(args.run / "classifier-unconvolved")
-    rows = np.arange(score.sum())
 
-    def certainty(x: np.ndarray) -> float:
-        """Mean certainty of each scored spectrum's true model."""
-        return float(classifier.certainties(x)[rows, labels[score]].mean())
+    def certainty(x: np.ndarray) -> np.ndarray:
+        """Mean certainty of each scored spectrum's true model, and mean margin (2,)."""
+        scores = metrics.true_model_certainty(classifier.certainties(x), labels[score])
+        return np.array([s.mean() for s in scores])
 
     top, bottom = certainty(truth[score]), certainty(convolved[score])
     gan_deconvolved = Translator.from_run(args.run / "gan", "exp2sim")(convolved[score])
@@ -280,12 +281,21 @@ def main() -> None:
         results.append((f"CNN on pseudo-pairs: {name}", cnn(convolved[score]), note))
         print(f"CNN on {name} pseudo-pairs: {time.perf_counter() - t:.0f} s", flush=True)
 
-    print(f"\n{score.sum()} scored spectra (odd rows); true model's certainty on truth {top:.3f}")
-    print(f"{'deconvolution':46s} {'PSNR dB':>8s} {'certainty':>9s} {'gap closed':>10s}")
+    print(
+        f"\n{score.sum()} scored spectra (odd rows); on the truth: true model's certainty "
+        f"{top[0]:.3f}, margin {top[1]:.3f}"
+    )
+    print(
+        f"{'deconvolution':46s} {'PSNR dB':>8s} {'certainty':>9s} {'gap closed':>10s} "
+        f"{'margin':>7s} {'gap closed':>10s}"
+    )
     for name, x, note in results:
         c = certainty(x)
-        gap = (c - bottom) / (top - bottom) if top != bottom else float("nan")
-        print(f"{name:46s} {mean_psnr(x, target):8.2f} {c:9.3f} {100 * gap:9.1f} %  {note}")
+        gap = 100 * (c - bottom) / (top - bottom)  # top == bottom: inf or nan, printed
+        print(
+            f"{name:46s} {mean_psnr(x, target):8.2f} {c[0]:9.3f} {gap[0]:9.1f} % "
+            f"{c[1]:7.3f} {gap[1]:9.1f} %  {note}"
+        )
     print(f"total {time.perf_counter() - t0:.0f} s")
 
 
