@@ -451,10 +451,10 @@ def run_evaluation(
         }
 
     def gaps(scores: dict[str, np.ndarray], methods: tuple[str, ...]) -> dict:
-        """Per-spectrum scores (right or wrong, or the certainty of the true model) of the
-        truth, the untranslated input, then the methods -> their means, the share of the
-        gap each method closes, and a one-sigma bootstrap interval of the first method's
-        (the GAN's; the test set is small)."""
+        """Per-spectrum scores (right or wrong, the certainty of the true model or its
+        margin) of the truth, the untranslated input, then the methods -> their means, the
+        share of the gap each method closes, and a one-sigma bootstrap interval of the first
+        method's (the GAN's; the test set is small)."""
         mean = {k: float(v.mean()) for k, v in scores.items()}
         truth, before = list(scores)[:2]
         closed = {m: metrics.gap_closed(mean[truth], mean[before], mean[m]) for m in methods}
