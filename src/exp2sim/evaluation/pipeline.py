@@ -441,6 +441,7 @@ def run_evaluation(
             "test (convolved)": test_conv.signal,
             "GAN-deconvolved": deconvolved,
             "Richardson-Lucy": lucy,
+            **({} if refined is None else {REFINED: refined}),
             "GAN-convolved": convolved,
             "Gaussian blur": blurred,
             **extra,
