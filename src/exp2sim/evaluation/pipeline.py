@@ -400,6 +400,8 @@ def run_evaluation(
         blurred = baselines.gaussian_convolve(test.signal, blur)
         lucy = baselines.richardson_lucy_deconvolve(test_conv.signal, blur, cfg.rl_iterations)
         refined = refine(cfg, sim2exp, test_conv.signal, deconvolved)
+        # the refined row, where there is one, in the tables that score spectra by name
+        refined_row = {} if refined is None else {REFINED: refined}
     with stages.stage("Classifying"):
 
         def assess(clf, sets: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:  # noqa: ANN001
@@ -421,7 +423,7 @@ def run_evaluation(
                 "convolved": test_conv.signal,
                 "GAN-deconvolved": deconvolved,
                 "Richardson-Lucy": lucy,
-                **({} if refined is None else {REFINED: refined}),
+                **refined_row,
             },
         )
         correct_rev, certain_rev, margin_rev = assess(
@@ -441,7 +443,7 @@ def run_evaluation(
             "test (convolved)": test_conv.signal,
             "GAN-deconvolved": deconvolved,
             "Richardson-Lucy": lucy,
-            **({} if refined is None else {REFINED: refined}),
+            **refined_row,
             "GAN-convolved": convolved,
             "Gaussian blur": blurred,
             **extra,
@@ -462,7 +464,7 @@ def run_evaluation(
         lo_hi = metrics.gap_closed_interval(scores[truth], scores[before], scores[methods[0]])
         return {"mean": mean, "gap_closed": closed, "gap_closed_interval": list(lo_hi)}
 
-    deconvolution = ("GAN-deconvolved", "Richardson-Lucy") + (() if refined is None else (REFINED,))
+    deconvolution = ("GAN-deconvolved", "Richardson-Lucy", *refined_row)
     convolution = ("GAN-convolved", "Gaussian blur", *references)
     accuracy_fwd, accuracy_rev = gaps(correct_fwd, deconvolution), gaps(correct_rev, convolution)
 

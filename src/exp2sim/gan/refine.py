@@ -103,7 +103,7 @@ class LearnedBlur:
         """The learned blur of one spectrum (*S, intensities, NaN = masked = 0) with given
         `weights`: (*S), NaN where the input is. With `weights(spectrum)` this is Sim2Exp's
         translation of the spectrum, to float round-off."""
-        u = self._tensor(spectrum)
+        u = self._tensor(spectrum).nan_to_num()  # masked = 0
         out = self._apply(u, weights).cpu().numpy()
         return np.where(np.isnan(spectrum), np.nan, self._unvolume(out, spectrum.shape))
 
@@ -161,9 +161,8 @@ class LearnedBlur:
         return torch.from_numpy(np.ascontiguousarray(v)).to(self.translator.device)
 
     def _apply(self, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """H u for volumes u (V, *S_v), masked = 0."""
-        k = self.translator.generator.kernel
-        return local_blur(torch.nan_to_num(u)[:, None], w, k)[:, 0]
+        """H u for volumes u (V, *S_v) without NaN (masked = 0)."""
+        return local_blur(u[:, None], w, self.translator.generator.kernel)[:, 0]
 
     def _transpose(self, r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """H^T r: the gradient of <H u, r> with respect to u (H is linear)."""
