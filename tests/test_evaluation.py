@@ -76,6 +76,7 @@ def test_paper_smoke_config_runs_the_paper_networks_on_a_few_spectra():
         ('models = ["goodenough"]\n', "at least two models"),
         ("spread = 1.5\n", "spread must be in"),
         ("refine_iterations = -1\n", "refine_iterations must be at least 0"),
+        ("classifier_seeds = 0\n", "classifier_seeds must be at least 1"),
         ("n_test = [\n", "not valid TOML"),
     ],
 )
@@ -210,6 +211,7 @@ applicability_repeats = 50
 applicability_points = 4
 rl_iterations = 5
 reference_bins = true  # off in the demo preset, checked here
+classifier_seeds = 2  # one in the demo preset, checked here
 [gan]
 ngf = 8
 n_blocks = 2
@@ -292,6 +294,29 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
         assert list(margin["mean"]) == list(c["mean"])
         for name, value in margin["mean"].items():  # the true model's certainty minus another's
             assert -1.0 <= value <= c["mean"][name] + 1e-12
+    # two classifiers per direction: the tables average them, each one's own scores kept
+    assert m["classifier_seeds"] == 2
+    directions = {"deconvolution": "unconvolved", "convolution": "convolved"}
+    for direction, trained_on in directions.items():
+        per = m["per_classifier"][direction]
+        for measure, key in (
+            ("accuracy", "accuracy"),
+            ("certainty", "certainty"),
+            ("margin", "margin"),
+        ):
+            table = m[f"{key}_classifier_{trained_on}"]
+            table = table if measure == "accuracy" else table["mean"]
+            for name, values in per["mean"][measure].items():
+                assert len(values) == 2 and abs(np.mean(values) - table[name]) < 1e-12
+            truth, before = list(per["mean"][measure].values())[:2]
+            for method, shares in per["gap_closed"][measure].items():
+                own = per["mean"][measure][method]
+                for t, b, a, share in zip(truth, before, own, shares, strict=True):
+                    assert (share is None) == (t <= b)
+                    assert share is None or abs(share - (a - b) / (t - b)) < 1e-9
+        # each spectrum counts as right for 0, 1 or 2 of the classifiers, of 6 spectra
+        for value in m[f"accuracy_classifier_{trained_on}"].values():
+            assert abs(value * 12 - round(value * 12)) < 1e-9
     # the bins-only reference: its own paired test spectra, a row and a fidelity
     from exp2sim.evaluation.pipeline import BINS_ROW
 
@@ -322,6 +347,14 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     assert "Gap closed by the GAN" in report and "ROC AUC" in report
     assert "Certainty gap closed by the GAN" in report
     assert "Margin gap closed by the GAN" in report and "| margin |" in report
+    assert "benchmarks/classifier_seeds.py" in report  # the intervals leave out its seed
+    assert report.count("Averaged over 2 classifiers (seeds 0 to 1)") == 2
+    assert "**n/a** [" not in report  # no interval for a share without a gap
+    # the report written from metrics.json (NaN there: null) is the one the run wrote
+    from exp2sim.evaluation.report import render
+
+    saved = EvaluationConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert render(saved, m) == report
     assert "refined by 5 iterations of Richardson-Lucy" in report
     assert f"{REFINED}: " in report  # its share of the certainty gap
     assert "know what it does not know" in report
@@ -356,6 +389,9 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     kept = [*(out / "data").glob("*.h5"), out / "gan" / "checkpoint.safetensors"]
     kept += [
         out / f"classifier-{k}" / "classifier.safetensors" for k in ("unconvolved", "convolved")
+    ]
+    kept += [
+        out / "classifier-seeds" / f"{k}-1" / "classifier.safetensors" for k in directions.values()
     ]
     stamps = {p: p.stat().st_mtime_ns for p in kept}
     again = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -33,6 +33,7 @@ from exp2sim.evaluation.data import (
     cached_paired_parameters,
     simulate_all,
 )
+from exp2sim.evaluation.report import BINS_ROW, REFINED
 from exp2sim.fileio import write_npy_atomic, write_text_atomic
 from exp2sim.spectra.generate import SimulationConfig
 
@@ -40,8 +41,6 @@ if TYPE_CHECKING:  # torch is imported only when the GAN is needed
     from exp2sim.gan.translate import Translator
 
 MAGNETS = Path(__file__).parent / "magnets"
-# the reference row of the convolution tables (EvaluationConfig.reference_bins)
-BINS_ROW = "bins' extent only (exact, no instrument)"
 NEGATIVE_CONTROL_MAGNETS = (MAGNETS / "square_afm.toml", MAGNETS / "afm_chain.toml")
 
 
@@ -211,16 +210,41 @@ def train_gan_run(
     return run
 
 
+def train_classifiers(
+    cfg: EvaluationConfig, train: Labelled, out: Path, direction: str, stages: Stages
+) -> list:
+    """Train (or reuse) `cfg.classifier_seeds` DUQ classifiers on one direction's training
+    spectra ("unconvolved" or "convolved"): seed cfg.seed in out/classifier-DIRECTION/ (the
+    one `classify --model` uses), the others in out/classifier-seeds/DIRECTION-SEED/."""
+    folders = [out / f"classifier-{direction}"]
+    seeds = [cfg.seed + i for i in range(cfg.classifier_seeds)]
+    folders += [out / "classifier-seeds" / f"{direction}-{seed}" for seed in seeds[1:]]
+    label = f"classifier ({direction})"
+    return [
+        train_classifier(
+            cfg, train, folder, stages, label if i == 0 else f"{label}, seed {seed}", seed
+        )
+        for i, (folder, seed) in enumerate(zip(folders, seeds, strict=True))
+    ]
+
+
 def train_classifier(
-    cfg: EvaluationConfig, train: Labelled, folder: Path, stages: Stages, label: str
+    cfg: EvaluationConfig,
+    train: Labelled,
+    folder: Path,
+    stages: Stages,
+    label: str,
+    seed: int | None = None,
 ):
-    """Train (or reuse) a DUQ classifier on labelled spectra, saved in `folder`."""
+    """Train (or reuse) a DUQ classifier on labelled spectra, saved in `folder`; seed
+    None: the run's."""
     from exp2sim.classifier import ClassifierConfig, DUQClassifier
 
     if (folder / "config.json").exists():
         with contextlib.suppress(ValueError):
             return DUQClassifier.load(folder)
-    config = ClassifierConfig.from_dict({"seed": cfg.seed, "device": cfg.device, **cfg.classifier})
+    seed = cfg.seed if seed is None else seed
+    config = ClassifierConfig.from_dict({"seed": seed, "device": cfg.device, **cfg.classifier})
     with stages.bar(label) as update:
         model = DUQClassifier(config).fit(
             train.signal,
@@ -335,7 +359,6 @@ def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) ->
 
 
 # ------------------------------------------------------------------------------ the run
-REFINED = "GAN-deconvolved, refined"  # the GAN's deconvolution, then RL with its kernels
 
 
 def refine(
@@ -378,16 +401,11 @@ def run_evaluation(
     with stages.stage("Training the GAN"):
         gan_run = train_gan(cfg, data, out, stages)
     with stages.stage("Training the classifiers"):
-        cls_unconvolved = train_classifier(
-            cfg, data["train"], out / "classifier-unconvolved", stages, "classifier (unconvolved)"
+        unconvolved_members = train_classifiers(cfg, data["train"], out, "unconvolved", stages)
+        convolved_members = train_classifiers(
+            cfg, data["train_convolved"], out, "convolved", stages
         )
-        cls_convolved = train_classifier(
-            cfg,
-            data["train_convolved"],
-            out / "classifier-convolved",
-            stages,
-            "classifier (convolved)",
-        )
+        cls_unconvolved, cls_convolved = unconvolved_members[0], convolved_members[0]
     test, test_conv = data["test"], data["test_convolved"]
     # a reference, not a method: the test spectra bins-only, exact, from the model
     references = {BINS_ROW: data["test_bins"].signal} if "test_bins" in data else {}
@@ -404,20 +422,23 @@ def run_evaluation(
         refined_row = {} if refined is None else {REFINED: refined}
     with stages.stage("Classifying"):
 
-        def assess(clf, sets: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:  # noqa: ANN001
-            """Per test spectrum of each set: whether the classifier gets its model right,
-            its certainty (0-1) for that true model, and the margin over the other models
-            (metrics.true_model_certainty)."""
-            k = {name: clf.certainties(x) for name, x in sets.items()}
-            scores = {name: metrics.true_model_certainty(v, test.labels) for name, v in k.items()}
-            return (
-                {name: v.argmax(1) == test.labels for name, v in k.items()},
-                {name: v[0] for name, v in scores.items()},
-                {name: v[1] for name, v in scores.items()},
-            )
+        def assess(classifiers: list, sets: dict[str, np.ndarray]) -> tuple[dict, ...]:
+            """Per test spectrum of each set, averaged over the classifiers: whether a
+            classifier gets its model right (the share of them that do), its certainty
+            (0-1) for that true model, and the margin over the other models
+            (metrics.true_model_certainty); then the same per classifier, (K, n) arrays."""
+            per = [{}, {}, {}]  # right, certainty, margin: {set: (K, n)}
+            for name, x in sets.items():
+                k = [clf.certainties(x) for clf in classifiers]
+                scores = [metrics.true_model_certainty(v, test.labels) for v in k]
+                per[0][name] = np.stack([v.argmax(1) == test.labels for v in k]).astype(float)
+                per[1][name] = np.stack([v[0] for v in scores])
+                per[2][name] = np.stack([v[1] for v in scores])
+            means = tuple({name: v.mean(0) for name, v in p.items()} for p in per)
+            return (*means, per)
 
-        correct_fwd, certain_fwd, margin_fwd = assess(
-            cls_unconvolved,
+        correct_fwd, certain_fwd, margin_fwd, members_fwd = assess(
+            unconvolved_members,
             {
                 "unconvolved (truth)": test.signal,
                 "convolved": test_conv.signal,
@@ -426,8 +447,8 @@ def run_evaluation(
                 **refined_row,
             },
         )
-        correct_rev, certain_rev, margin_rev = assess(
-            cls_convolved,
+        correct_rev, certain_rev, margin_rev, members_rev = assess(
+            convolved_members,
             {
                 "convolved (truth)": test_conv.signal,
                 "unconvolved": test.signal,
@@ -463,6 +484,21 @@ def run_evaluation(
         closed = {m: metrics.gap_closed(mean[truth], mean[before], mean[m]) for m in methods}
         lo_hi = metrics.gap_closed_interval(scores[truth], scores[before], scores[methods[0]])
         return {"mean": mean, "gap_closed": closed, "gap_closed_interval": list(lo_hi)}
+
+    def per_classifier(per: list[dict], methods: tuple[str, ...]) -> dict:
+        """Each classifier's own scores: per measure (accuracy, certainty, margin), the
+        mean of each set {set: [one per classifier]} and the share of the gap closed by
+        each method {method: [...]}; per: `assess`'s (K, n) scores per set."""
+        out: dict = {"mean": {}, "gap_closed": {}}
+        for measure, scores in zip(("accuracy", "certainty", "margin"), per, strict=True):
+            mean = {name: v.mean(1) for name, v in scores.items()}
+            truth, before = list(mean.values())[:2]
+            out["mean"][measure] = {name: v.tolist() for name, v in mean.items()}
+            out["gap_closed"][measure] = {
+                m: [metrics.gap_closed(*v) for v in zip(truth, before, mean[m], strict=True)]
+                for m in methods
+            }
+        return out
 
     deconvolution = ("GAN-deconvolved", "Richardson-Lucy", *refined_row)
     convolution = ("GAN-convolved", "Gaussian blur", *references)
@@ -512,6 +548,11 @@ def run_evaluation(
         "certainty_classifier_convolved": gaps(certain_rev, convolution),
         "margin_classifier_unconvolved": gaps(margin_fwd, deconvolution),
         "margin_classifier_convolved": gaps(margin_rev, convolution),
+        "classifier_seeds": cfg.classifier_seeds,
+        "per_classifier": {
+            "deconvolution": per_classifier(members_fwd, deconvolution),
+            "convolution": per_classifier(members_rev, convolution),
+        },
         "fidelity_deconvolution": fid_deconv,
         "fidelity_convolution": fid_conv,
         "known_fraction": known,

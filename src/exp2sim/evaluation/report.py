@@ -7,14 +7,23 @@ from pathlib import Path
 from exp2sim.evaluation.config import EvaluationConfig
 from exp2sim.fileio import write_text_atomic
 
+# Rows a run may lack (where they exist, their shares of a gap may be n/a, null in
+# metrics.json: whether to write them is read from the accuracy tables' rows)
+BINS_ROW = "bins' extent only (exact, no instrument)"  # a reference, not a method
+REFINED = "GAN-deconvolved, refined"  # the GAN's deconvolution, then RL with its kernels
+
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{100 * x:.1f} %"
 
 
-def _interval(lo_hi: list) -> str:
+def _interval(lo_hi: list, share: float | None) -> str:
+    """The bootstrap interval of a share of a gap closed; none where the share itself is
+    undefined (no gap in the means, though some resamples have one)."""
     lo, hi = lo_hi
-    return "" if lo is None or lo != lo else f"[{_pct(lo)} to {_pct(hi)}]"
+    if share is None or share != share or lo is None or lo != lo:
+        return ""
+    return f"[{_pct(lo)} to {_pct(hi)}]"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -36,10 +45,41 @@ def _gap_line(what: str, c: dict) -> str:
     """The share of a gap (certainty, margin) the GAN closes, then each other method's."""
     gan, *others = list(c["gap_closed"])
     rest = "; ".join(f"{k}: {_pct(c['gap_closed'][k])}" for k in others)
-    return (
-        f"{what} gap closed by the GAN: **{_pct(c['gap_closed'][gan])}** "
-        f"{_interval(c['gap_closed_interval'])} ({rest})."
+    share = c["gap_closed"][gan]
+    interval = _interval(c["gap_closed_interval"], share)
+    return f"{what} gap closed by the GAN: **{_pct(share)}** {interval} ({rest})."
+
+
+def _range(values: list) -> str:
+    """The range of the shares in `values` (one per classifier), saying how many are
+    undefined (that classifier had no gap)."""
+    defined = [v for v in values if v is not None and v == v]
+    if not defined:
+        return "n/a"
+    lo, hi = min(defined), max(defined)
+    text = _pct(lo) if lo == hi else f"{_pct(lo)} to {_pct(hi)}"
+    missing = len(values) - len(defined)
+    return text + (f" ({missing} of {len(values)} with no gap)" if missing else "")
+
+
+def _per_classifier_lines(cfg: EvaluationConfig, m: dict, direction: str) -> list[str]:
+    """With several classifiers per direction: what the tables average, and the range of
+    each one's own share of the gap closed."""
+    k = m.get("classifier_seeds", 1)
+    if k == 1:
+        return []
+    per = m["per_classifier"][direction]["gap_closed"]
+    methods = list(per["accuracy"])
+    shares = "; ".join(
+        f"{method}: " + ", ".join(f"{measure} {_range(per[measure][method])}" for measure in per)
+        for method in methods[:2]
     )
+    return [
+        f"Averaged over {k} classifiers (seeds {cfg.seed} to {cfg.seed + k - 1}): a "
+        "spectrum's accuracy is the share of them that name its model. Each classifier's "
+        f"own share of the gap closed, {shares}.",
+        "",
+    ]
 
 
 def render(cfg: EvaluationConfig, m: dict) -> str:
@@ -67,11 +107,11 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
     out += [
         "",
         f"Gap closed by the GAN: **{_pct(m['gap_closed_deconvolution'])}** "
-        f"{_interval(m['gap_closed_deconvolution_interval'])} "
+        f"{_interval(m['gap_closed_deconvolution_interval'], m['gap_closed_deconvolution'])} "
         f"(Richardson-Lucy: {_pct(m['gap_closed_deconvolution_richardson_lucy'])}"
         + (
             ""
-            if m.get("gap_closed_deconvolution_refined") is None
+            if REFINED not in m["accuracy_classifier_unconvolved"]
             else f"; the GAN's deconvolution refined by {cfg.refine_iterations} iterations of "
             "Richardson-Lucy with the resolution kernels its Sim2Exp generator learned: "
             f"{_pct(m['gap_closed_deconvolution_refined'])}"
@@ -82,6 +122,7 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "",
         _gap_line("Margin", m["margin_classifier_unconvolved"]),
         "",
+        *_per_classifier_lines(cfg, m, "deconvolution"),
         "Classifier trained on **convolved** spectra (convolution direction):",
         "",
     ]
@@ -89,15 +130,16 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
     out += [
         "",
         f"Gap closed by the GAN: **{_pct(m['gap_closed_convolution'])}** "
-        f"{_interval(m['gap_closed_convolution_interval'])} "
+        f"{_interval(m['gap_closed_convolution_interval'], m['gap_closed_convolution'])} "
         f"(Gaussian blur: {_pct(m['gap_closed_convolution_gaussian_blur'])}).",
         "",
         _gap_line("Certainty", m["certainty_classifier_convolved"]),
         "",
         _gap_line("Margin", m["margin_classifier_convolved"]),
         "",
+        *_per_classifier_lines(cfg, m, "convolution"),
     ]
-    if m.get("gap_closed_convolution_bins") is not None:
+    if BINS_ROW in m["accuracy_classifier_convolved"]:
         out += [
             "Reference, not a method: the test spectra averaged over each bin's (h, k) "
             "extent with no instrument at all (exact, from the spin-wave model) close "
@@ -117,7 +159,11 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "averaged over the test set; it measures a gap even where few spectra change class, "
         "and its gap closed is defined the same way. It can rise for every model at once: "
         "the margin (the true model's certainty minus the highest other model's, averaged, "
-        "-1 to 1) rises only when the true model is told apart better.",
+        "-1 to 1) rises only when the true model is told apart better. These intervals "
+        "cover the test set's sampling only, not the classifiers' training: trained with "
+        "another seed (or on another CPU, through round-off) a classifier can move every "
+        "share closed by more than its interval (`benchmarks/classifier_seeds.py` trains "
+        "them again with other seeds and scores the same spectra).",
         "",
         "## Paired fidelity (unmasked pixels, mean over the test set)",
         "",
