@@ -76,8 +76,9 @@ def _per_classifier_lines(cfg: EvaluationConfig, m: dict, direction: str) -> lis
     )
     return [
         f"Averaged over {k} classifiers (seeds {cfg.seed} to {cfg.seed + k - 1}): a "
-        "spectrum's accuracy is the share of them that name its model. Each classifier's "
-        f"own share of the gap closed, {shares}.",
+        "spectrum's accuracy is the share of them that name its model (the table of what "
+        "a classifier calls known is the first one's). Each classifier's own share of the "
+        f"gap closed, {shares}.",
         "",
     ]
 
