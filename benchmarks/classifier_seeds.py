@@ -29,61 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from exp2sim.classifier import ClassifierConfig, DUQClassifier
-from exp2sim.evaluation import baselines, metrics
 from exp2sim.evaluation.config import EvaluationConfig
 from exp2sim.evaluation.data import build_datasets
-from exp2sim.evaluation.pipeline import refine
-from exp2sim.gan.translate import Translator
-from exp2sim.spectra.generate import SimulationConfig
+from exp2sim.evaluation.pipeline import per_classifier, score_sets, translate_test_set
 
 MEASURES = ("accuracy", "certainty", "margin")
 
 
-def translations(cfg: EvaluationConfig, run: Path, data: dict) -> dict[str, dict[str, np.ndarray]]:
-    """Per direction, the sets the report scores, in its order: truth, untranslated input,
-    the GAN, the baseline (and the refined deconvolution where the run has one)."""
-    test, test_conv = data["test"].signal, data["test_convolved"].signal
-    sim2exp = Translator.from_run(run / "gan", "sim2exp", device=cfg.device)
-    deconvolved = Translator.from_run(run / "gan", "exp2sim", device=cfg.device)(test_conv)
-    blur = baselines.ResolutionBlur.for_config(SimulationConfig(kind="mosaic"))
-    deconvolution = {
-        "truth": test,
-        "convolved": test_conv,
-        "GAN": deconvolved,
-        "Richardson-Lucy": baselines.richardson_lucy_deconvolve(test_conv, blur, cfg.rl_iterations),
-    }
-    refined = refine(cfg, sim2exp, test_conv, deconvolved)
-    if refined is not None:
-        deconvolution["GAN refined"] = refined
-    convolution = {
-        "truth": test_conv,
-        "unconvolved": test,
-        "GAN": sim2exp(test),
-        "Gaussian blur": baselines.gaussian_convolve(test, blur),
-    }
-    return {"unconvolved": deconvolution, "convolved": convolution}
-
-
-def scores(clf: DUQClassifier, sets: dict[str, np.ndarray], labels: np.ndarray) -> dict:
-    """Per set: (accuracy, mean certainty of the true model, mean margin)."""
-    out = {}
-    for name, x in sets.items():
-        k = clf.certainties(x)
-        true, margin = metrics.true_model_certainty(k, labels)
-        accuracy = float((k.argmax(1) == labels).mean())
-        out[name] = (accuracy, float(true.mean()), float(margin.mean()))
-    return out
-
-
-def closed(s: dict[str, tuple[float, ...]], method: str, i: int) -> float:
-    """Share of the gap (truth vs untranslated, the first two sets) that `method` closes by
-    measure i; NaN where there is no gap."""
-    truth, before = list(s.values())[:2]
-    return metrics.gap_closed(truth[i], before[i], s[method][i])
-
-
-def pct(x: float) -> str:
-    return "n/a" if x != x else f"{100 * x:.0f} %"
+def pct(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.0f} %"
 
 
 def main() -> None:
@@ -95,55 +49,81 @@ def main() -> None:
 
     cfg = EvaluationConfig.from_dict(json.loads((args.run / "config.json").read_text()))
     data = build_datasets(cfg, args.run / "data")
-    labels = data["test"].labels
+    test, test_conv = data["test"], data["test_convolved"]
     t0 = time.perf_counter()
-    sets = translations(cfg, args.run, data)
+    t = translate_test_set(cfg, args.run / "gan", test.signal, test_conv.signal)
     print(f"run {args.run} (seed {cfg.seed}); translations {time.perf_counter() - t0:.0f} s")
-    training = {"unconvolved": data["train"], "convolved": data["train_convolved"]}
-    results: dict[str, list[dict]] = {direction: [] for direction in sets}
+    # per direction: the training set and the scored sets in the report's order (truth,
+    # untranslated, the GAN, the baseline, then the refined deconvolution if any)
+    directions = {
+        "unconvolved": (
+            data["train"],
+            {"truth": test.signal, "convolved": test_conv.signal}
+            | {k: v for k, v in t.items() if k != "GAN-convolved" and k != "Gaussian blur"},
+        ),
+        "convolved": (
+            data["train_convolved"],
+            {"truth": test_conv.signal, "unconvolved": test.signal}
+            | {k: t[k] for k in ("GAN-convolved", "Gaussian blur")},
+        ),
+    }
+    per: dict[str, list] = {}  # direction: score_sets' output over every seed, (K, n)
     for seed in seeds:
-        for direction, train in training.items():
+        for direction, (train, sets) in directions.items():
             t0 = time.perf_counter()
             config = ClassifierConfig.from_dict(
                 {**cfg.classifier, "seed": seed, "device": cfg.device}
             )
             clf = DUQClassifier(config).fit(train.signal, train.labels, list(train.classes))
-            s = scores(clf, sets[direction], labels)
-            results[direction].append(s)
-            row = "; ".join(f"{k} {v[0]:.1%} / {v[1]:.3f} / {v[2]:.3f}" for k, v in s.items())
-            gan = " / ".join(pct(closed(s, "GAN", i)) for i in range(3))
+            one = score_sets([clf], sets, test.labels)
+            per[direction] = [
+                {k: np.concatenate([p[k], q[k]]) for k in q} if p else q
+                for p, q in zip(per.get(direction, [{}, {}, {}]), one, strict=True)
+            ]
+            own = per_classifier(one, tuple(sets)[2:])
+            row = "; ".join(
+                f"{k} {own['mean']['accuracy'][k][0]:.1%} / "
+                f"{own['mean']['certainty'][k][0]:.3f} / {own['mean']['margin'][k][0]:.3f}"
+                for k in sets
+            )
+            gan = " / ".join(pct(own["gap_closed"][m][list(sets)[2]][0]) for m in MEASURES)
             print(
                 f"seed {seed}, classifier on {direction} ({time.perf_counter() - t0:.0f} s): "
                 f"{row}; GAN's gap closed {gan}",
                 flush=True,
             )
 
-    for direction, runs in results.items():
-        names = list(runs[0])
-        mean = {n: tuple(float(np.mean([r[n][i] for r in runs])) for i in range(3)) for n in names}
-        print(f"\nClassifier trained on {direction}, mean over {len(runs)} seeds {seeds}:")
+    for direction, (_, sets) in directions.items():
+        names, methods = list(sets), tuple(sets)[2:]
+        seeded = per_classifier(per[direction], methods)
+        # the mean over seeds of each set's scores, and the gap closed computed from those
+        means = [{k: v.mean(0, keepdims=True) for k, v in p.items()} for p in per[direction]]
+        of_means = per_classifier(means, methods)["gap_closed"]
+        print(f"\nClassifier trained on {direction}, mean over {len(seeds)} seeds {seeds}:")
         print("| set | " + " | ".join(MEASURES) + " |\n|---|---|---|---|")
         for n in names:
-            sd = [float(np.std([r[n][i] for r in runs])) for i in range(3)]
-            cells = [f"{mean[n][0]:.1%} +- {sd[0]:.1%}"]
-            cells += [f"{mean[n][i]:.3f} +- {sd[i]:.3f}" for i in (1, 2)]
+            v = [np.asarray(seeded["mean"][m][n]) for m in MEASURES]
+            cells = [f"{v[0].mean():.1%} +- {v[0].std():.1%}"]
+            cells += [f"{x.mean():.3f} +- {x.std():.3f}" for x in v[1:]]
             print(f"| {n} | " + " | ".join(cells) + " |")
-        baseline = names[3]
-        for method in names[2:]:
-            of_means = " / ".join(pct(closed(mean, method, i)) for i in range(3))
-            per_seed = [[closed(r, method, i) for r in runs] for i in range(3)]
+        for method in methods:
+            shares = [np.asarray(seeded["gap_closed"][m][method], dtype=float) for m in MEASURES]
             ranges = " / ".join(
-                f"{pct(np.nanmin(v))} to {pct(np.nanmax(v))}" if np.isfinite(v).any() else "n/a"
-                for v in map(np.asarray, per_seed)
+                f"{pct(np.nanmin(x))} to {pct(np.nanmax(x))}" if np.isfinite(x).any() else "n/a"
+                for x in shares
             )
             print(
                 f"{method}: gap closed (of the means, accuracy / certainty / margin) "
-                f"{of_means}; per seed {ranges}"
+                + " / ".join(pct(of_means[m][method][0]) for m in MEASURES)
+                + f"; per seed {ranges}"
             )
-        for i, measure in enumerate(MEASURES):
-            wins = sum(r["GAN"][i] > r[baseline][i] for r in runs)
-            ties = sum(r["GAN"][i] == r[baseline][i] for r in runs)
-            print(f"GAN above {baseline} by {measure}: {wins} of {len(runs)} seeds ({ties} tied)")
+        baseline = names[3]
+        for m in MEASURES:
+            gan, base = (np.asarray(seeded["mean"][m][k]) for k in (names[2], baseline))
+            print(
+                f"GAN above {baseline} by {m}: {int((gan > base).sum())} of {len(seeds)} "
+                f"seeds ({int((gan == base).sum())} tied)"
+            )
 
 
 if __name__ == "__main__":

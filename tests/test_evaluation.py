@@ -299,12 +299,8 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     directions = {"deconvolution": "unconvolved", "convolution": "convolved"}
     for direction, trained_on in directions.items():
         per = m["per_classifier"][direction]
-        for measure, key in (
-            ("accuracy", "accuracy"),
-            ("certainty", "certainty"),
-            ("margin", "margin"),
-        ):
-            table = m[f"{key}_classifier_{trained_on}"]
+        for measure in ("accuracy", "certainty", "margin"):
+            table = m[f"{measure}_classifier_{trained_on}"]
             table = table if measure == "accuracy" else table["mean"]
             for name, values in per["mean"][measure].items():
                 assert len(values) == 2 and abs(np.mean(values) - table[name]) < 1e-12

@@ -374,13 +374,71 @@ def refine(
     return LearnedBlur(sim2exp).deconvolve(measured, deconvolved, cfg.refine_iterations)
 
 
+def translate_test_set(
+    cfg: EvaluationConfig, gan_run: Path, test: np.ndarray, test_convolved: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The report's translations of the paired test spectra (n, *S): the GAN in both
+    directions, Richardson-Lucy and the Gaussian blur with the instrument's widths, and the
+    refined GAN deconvolution where the run has one; keyed by the report's row names."""
+    from exp2sim.evaluation import baselines
+    from exp2sim.gan.translate import Translator
+
+    exp2sim = Translator.from_run(gan_run, "exp2sim", device=cfg.device)
+    sim2exp = Translator.from_run(gan_run, "sim2exp", device=cfg.device)
+    blur = baselines.ResolutionBlur.for_config(SimulationConfig(kind="mosaic"))
+    out = {
+        "GAN-deconvolved": exp2sim(test_convolved),
+        "GAN-convolved": sim2exp(test),
+        "Richardson-Lucy": baselines.richardson_lucy_deconvolve(
+            test_convolved, blur, cfg.rl_iterations
+        ),
+        "Gaussian blur": baselines.gaussian_convolve(test, blur),
+    }
+    refined = refine(cfg, sim2exp, test_convolved, out["GAN-deconvolved"])
+    return out if refined is None else out | {REFINED: refined}
+
+
+def score_sets(classifiers: list, sets: dict[str, np.ndarray], labels: np.ndarray) -> list:
+    """Per classifier and test spectrum of each set: whether it names the spectrum's model
+    (labels (n,)), its certainty (0-1) for that model, and the margin over the other models
+    (metrics.true_model_certainty). Returns [right, certainty, margin], each {set: (K, n)}
+    for K classifiers (right as 0 or 1)."""
+    from exp2sim.evaluation import metrics
+
+    per: list[dict] = [{}, {}, {}]
+    for name, x in sets.items():
+        k = [clf.certainties(x) for clf in classifiers]
+        scores = [metrics.true_model_certainty(v, labels) for v in k]
+        per[0][name] = np.stack([v.argmax(1) == labels for v in k]).astype(float)
+        per[1][name] = np.stack([v[0] for v in scores])
+        per[2][name] = np.stack([v[1] for v in scores])
+    return per
+
+
+def per_classifier(per: list[dict], methods: tuple[str, ...]) -> dict:
+    """Each classifier's own scores from `score_sets`' output: per measure (accuracy,
+    certainty, margin), the mean of each set {set: [one per classifier]} and the share of
+    the gap (the first two sets: truth, untranslated) closed by each method {method: [...]}."""
+    from exp2sim.evaluation import metrics
+
+    out: dict = {"mean": {}, "gap_closed": {}}
+    for measure, scores in zip(("accuracy", "certainty", "margin"), per, strict=True):
+        mean = {name: v.mean(1) for name, v in scores.items()}
+        truth, before = list(mean.values())[:2]
+        out["mean"][measure] = {name: v.tolist() for name, v in mean.items()}
+        out["gap_closed"][measure] = {
+            m: [metrics.gap_closed(*v) for v in zip(truth, before, mean[m], strict=True)]
+            for m in methods
+        }
+    return out
+
+
 def run_evaluation(
     cfg: EvaluationConfig, out: str | Path, console: Console | None = None, show: bool = True
 ) -> dict:
     """Run every stage and write the report; returns the metrics (also in metrics.json)."""
-    from exp2sim.evaluation import baselines, metrics
+    from exp2sim.evaluation import metrics
     from exp2sim.evaluation.report import write_report
-    from exp2sim.gan.translate import Translator
 
     out = Path(out)
     console = console or Console(stderr=True)
@@ -410,34 +468,18 @@ def run_evaluation(
     # a reference, not a method: the test spectra bins-only, exact, from the model
     references = {BINS_ROW: data["test_bins"].signal} if "test_bins" in data else {}
     with stages.stage("Translating the test set and the baselines"):
-        exp2sim = Translator.from_run(gan_run, "exp2sim", device=cfg.device)
-        sim2exp = Translator.from_run(gan_run, "sim2exp", device=cfg.device)
-        deconvolved = exp2sim(test_conv.signal)
-        convolved = sim2exp(test.signal)
-        blur = baselines.ResolutionBlur.for_config(SimulationConfig(kind="mosaic"))
-        blurred = baselines.gaussian_convolve(test.signal, blur)
-        lucy = baselines.richardson_lucy_deconvolve(test_conv.signal, blur, cfg.rl_iterations)
-        refined = refine(cfg, sim2exp, test_conv.signal, deconvolved)
+        t = translate_test_set(cfg, gan_run, test.signal, test_conv.signal)
+        deconvolved, convolved, lucy, blurred, refined = (
+            t["GAN-deconvolved"],
+            t["GAN-convolved"],
+            t["Richardson-Lucy"],
+            t["Gaussian blur"],
+            t.get(REFINED),
+        )
         # the refined row, where there is one, in the tables that score spectra by name
         refined_row = {} if refined is None else {REFINED: refined}
     with stages.stage("Classifying"):
-
-        def assess(classifiers: list, sets: dict[str, np.ndarray]) -> tuple[dict, ...]:
-            """Per test spectrum of each set, averaged over the classifiers: whether a
-            classifier gets its model right (the share of them that do), its certainty
-            (0-1) for that true model, and the margin over the other models
-            (metrics.true_model_certainty); then the same per classifier, (K, n) arrays."""
-            per = [{}, {}, {}]  # right, certainty, margin: {set: (K, n)}
-            for name, x in sets.items():
-                k = [clf.certainties(x) for clf in classifiers]
-                scores = [metrics.true_model_certainty(v, test.labels) for v in k]
-                per[0][name] = np.stack([v.argmax(1) == test.labels for v in k]).astype(float)
-                per[1][name] = np.stack([v[0] for v in scores])
-                per[2][name] = np.stack([v[1] for v in scores])
-            means = tuple({name: v.mean(0) for name, v in p.items()} for p in per)
-            return (*means, per)
-
-        correct_fwd, certain_fwd, margin_fwd, members_fwd = assess(
+        members_fwd = score_sets(
             unconvolved_members,
             {
                 "unconvolved (truth)": test.signal,
@@ -446,8 +488,9 @@ def run_evaluation(
                 "Richardson-Lucy": lucy,
                 **refined_row,
             },
+            test.labels,
         )
-        correct_rev, certain_rev, margin_rev, members_rev = assess(
+        members_rev = score_sets(
             convolved_members,
             {
                 "convolved (truth)": test_conv.signal,
@@ -456,6 +499,14 @@ def run_evaluation(
                 "Gaussian blur": blurred,
                 **references,
             },
+            test.labels,
+        )
+        # each test spectrum's scores averaged over the classifiers
+        correct_fwd, certain_fwd, margin_fwd = (
+            {name: v.mean(0) for name, v in p.items()} for p in members_fwd
+        )
+        correct_rev, certain_rev, margin_rev = (
+            {name: v.mean(0) for name, v in p.items()} for p in members_rev
         )
         # does either classifier call the out-of-distribution inputs "none of the known"?
         # and the translations: the target domain's classifier should call them known
@@ -484,21 +535,6 @@ def run_evaluation(
         closed = {m: metrics.gap_closed(mean[truth], mean[before], mean[m]) for m in methods}
         lo_hi = metrics.gap_closed_interval(scores[truth], scores[before], scores[methods[0]])
         return {"mean": mean, "gap_closed": closed, "gap_closed_interval": list(lo_hi)}
-
-    def per_classifier(per: list[dict], methods: tuple[str, ...]) -> dict:
-        """Each classifier's own scores: per measure (accuracy, certainty, margin), the
-        mean of each set {set: [one per classifier]} and the share of the gap closed by
-        each method {method: [...]}; per: `assess`'s (K, n) scores per set."""
-        out: dict = {"mean": {}, "gap_closed": {}}
-        for measure, scores in zip(("accuracy", "certainty", "margin"), per, strict=True):
-            mean = {name: v.mean(1) for name, v in scores.items()}
-            truth, before = list(mean.values())[:2]
-            out["mean"][measure] = {name: v.tolist() for name, v in mean.items()}
-            out["gap_closed"][measure] = {
-                m: [metrics.gap_closed(*v) for v in zip(truth, before, mean[m], strict=True)]
-                for m in methods
-            }
-        return out
 
     deconvolution = ("GAN-deconvolved", "Richardson-Lucy", *refined_row)
     convolution = ("GAN-convolved", "Gaussian blur", *references)
