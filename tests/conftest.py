@@ -14,7 +14,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """Refuse a pytest whose node ids break `--dist loadgroup` (below). Under pytest-xdist
     each worker gets its share of the cores for torch's threads, so that two workers on two
     cores do not run four threads."""
-    if config.getoption("dist", "no") == "loadgroup" and int(pytest.__version__.split(".")[0]) >= 9:
+    grouped = config.getoption("dist", "no") == "loadgroup" and config.getoption("numprocesses", 0)
+    if grouped and int(pytest.__version__.split(".")[0]) >= 9:
         # pytest-xdist 3.8 marks a test's group by renaming its node id, which pytest 9's
         # structured ids ignore (pytest-xdist issue 1386): the groups below would silently
         # do nothing, and both workers would train or wait for each GAN learning run
