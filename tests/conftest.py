@@ -15,13 +15,13 @@ def pytest_configure(config: pytest.Config) -> None:
     each worker gets its share of the cores for torch's threads, so that two workers on two
     cores do not run four threads."""
     grouped = config.getoption("dist", "no") == "loadgroup" and config.getoption("numprocesses", 0)
-    if grouped and int(pytest.__version__.split(".")[0]) >= 9:
-        # pytest-xdist 3.8 marks a test's group by renaming its node id, which pytest 9's
+    if grouped and tuple(int(v) for v in pytest.__version__.split(".")[:2]) >= (9, 2):
+        # pytest-xdist 3.8 marks a test's group by renaming its node id, which pytest 9.2's
         # structured ids ignore (pytest-xdist issue 1386): the groups below would silently
         # do nothing, and both workers would train or wait for each GAN learning run
         raise pytest.UsageError(
             f"pytest {pytest.__version__} breaks pytest-xdist's test groups: "
-            "install the test extra (pip install -e '.[test]', pytest < 9)"
+            "install the test extra (pip install -e '.[test]', pytest < 9.2)"
         )
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
