@@ -31,7 +31,12 @@ import numpy as np
 from exp2sim.classifier import ClassifierConfig, DUQClassifier
 from exp2sim.evaluation.config import EvaluationConfig
 from exp2sim.evaluation.data import build_datasets
-from exp2sim.evaluation.pipeline import per_classifier, score_sets, translate_test_set
+from exp2sim.evaluation.pipeline import (
+    per_classifier,
+    score_sets,
+    scored_sets,
+    translate_test_set,
+)
 
 MEASURES = ("accuracy", "certainty", "margin")
 
@@ -53,48 +58,43 @@ def main() -> None:
     t0 = time.perf_counter()
     t = translate_test_set(cfg, args.run / "gan", test.signal, test_conv.signal)
     print(f"run {args.run} (seed {cfg.seed}); translations {time.perf_counter() - t0:.0f} s")
-    # per direction: the training set and the scored sets in the report's order (truth,
-    # untranslated, the GAN, the baseline, then the refined deconvolution if any)
-    directions = {
-        "unconvolved": (
-            data["train"],
-            {"truth": test.signal, "convolved": test_conv.signal}
-            | {k: v for k, v in t.items() if k != "GAN-convolved" and k != "Gaussian blur"},
-        ),
-        "convolved": (
-            data["train_convolved"],
-            {"truth": test_conv.signal, "unconvolved": test.signal}
-            | {k: t[k] for k in ("GAN-convolved", "Gaussian blur")},
-        ),
-    }
-    per: dict[str, list] = {}  # direction: score_sets' output over every seed, (K, n)
+    # per direction: the training set and the sets the report scores, in its order
+    sets = scored_sets(test.signal, test_conv.signal, t)
+    training = {"unconvolved": data["train"], "convolved": data["train_convolved"]}
+    runs: dict[str, list] = {direction: [] for direction in training}  # score_sets' per seed
     for seed in seeds:
-        for direction, (train, sets) in directions.items():
+        for direction, train in training.items():
             t0 = time.perf_counter()
             config = ClassifierConfig.from_dict(
                 {**cfg.classifier, "seed": seed, "device": cfg.device}
             )
             clf = DUQClassifier(config).fit(train.signal, train.labels, list(train.classes))
-            one = score_sets([clf], sets, test.labels)
-            per[direction] = [
-                {k: np.concatenate([p[k], q[k]]) for k in q} if p else q
-                for p, q in zip(per.get(direction, [{}, {}, {}]), one, strict=True)
-            ]
-            own = per_classifier(one, tuple(sets)[2:])
+            one = score_sets([clf], sets[direction], test.labels)
+            runs[direction].append(one)
+            own = per_classifier(one, tuple(sets[direction])[2:])
             row = "; ".join(
                 f"{k} {own['mean']['accuracy'][k][0]:.1%} / "
                 f"{own['mean']['certainty'][k][0]:.3f} / {own['mean']['margin'][k][0]:.3f}"
-                for k in sets
+                for k in sets[direction]
             )
-            gan = " / ".join(pct(own["gap_closed"][m][list(sets)[2]][0]) for m in MEASURES)
+            gan = " / ".join(
+                pct(own["gap_closed"][m][list(sets[direction])[2]][0]) for m in MEASURES
+            )
             print(
                 f"seed {seed}, classifier on {direction} ({time.perf_counter() - t0:.0f} s): "
                 f"{row}; GAN's gap closed {gan}",
                 flush=True,
             )
 
-    for direction, (_, sets) in directions.items():
-        names, methods = list(sets), tuple(sets)[2:]
+    per = {  # per direction, score_sets' output with every seed's classifier: {set: (K, n)}
+        direction: [
+            {name: np.concatenate([one[i][name] for one in ones]) for name in ones[0][i]}
+            for i in range(len(MEASURES))
+        ]
+        for direction, ones in runs.items()
+    }
+    for direction in training:
+        names, methods = list(sets[direction]), tuple(sets[direction])[2:]
         seeded = per_classifier(per[direction], methods)
         # the mean over seeds of each set's scores, and the gap closed computed from those
         means = [{k: v.mean(0, keepdims=True) for k, v in p.items()} for p in per[direction]]

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference"
 
@@ -15,7 +16,7 @@ def pytest_configure(config: pytest.Config) -> None:
     each worker gets its share of the cores for torch's threads, so that two workers on two
     cores do not run four threads."""
     grouped = config.getoption("dist", "no") == "loadgroup" and config.getoption("numprocesses", 0)
-    if grouped and tuple(int(v) for v in pytest.__version__.split(".")[:2]) >= (9, 2):
+    if grouped and Version(pytest.__version__) >= Version("9.2.dev0"):
         # pytest-xdist 3.8 marks a test's group by renaming its node id, which pytest 9.2's
         # structured ids ignore (pytest-xdist issue 1386): the groups below would silently
         # do nothing, and both workers would train or wait for each GAN learning run

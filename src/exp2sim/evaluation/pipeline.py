@@ -398,6 +398,36 @@ def translate_test_set(
     return out if refined is None else out | {REFINED: refined}
 
 
+def scored_sets(
+    test: np.ndarray,
+    test_convolved: np.ndarray,
+    translations: dict[str, np.ndarray],
+    references: dict[str, np.ndarray] | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """What each classifier scores, keyed by the report's row names in its order (truth,
+    untranslated input, then the methods): "unconvolved" for the classifier trained on
+    unconvolved spectra (the deconvolution table), "convolved" for the other.
+    `translations`: `translate_test_set`'s; `references`: extra rows of the convolution
+    table (the bins-only spectra)."""
+    t = translations
+    return {
+        "unconvolved": {
+            "unconvolved (truth)": test,
+            "convolved": test_convolved,
+            "GAN-deconvolved": t["GAN-deconvolved"],
+            "Richardson-Lucy": t["Richardson-Lucy"],
+            **{name: x for name, x in t.items() if name == REFINED},
+        },
+        "convolved": {
+            "convolved (truth)": test_convolved,
+            "unconvolved": test,
+            "GAN-convolved": t["GAN-convolved"],
+            "Gaussian blur": t["Gaussian blur"],
+            **(references or {}),
+        },
+    }
+
+
 def score_sets(classifiers: list, sets: dict[str, np.ndarray], labels: np.ndarray) -> list:
     """Per classifier and test spectrum of each set: whether it names the spectrum's model
     (labels (n,)), its certainty (0-1) for that model, and the margin over the other models
@@ -476,31 +506,12 @@ def run_evaluation(
             t["Gaussian blur"],
             t.get(REFINED),
         )
-        # the refined row, where there is one, in the tables that score spectra by name
+        # the refined row, where there is one, in the table of what the classifiers know
         refined_row = {} if refined is None else {REFINED: refined}
     with stages.stage("Classifying"):
-        members_fwd = score_sets(
-            unconvolved_members,
-            {
-                "unconvolved (truth)": test.signal,
-                "convolved": test_conv.signal,
-                "GAN-deconvolved": deconvolved,
-                "Richardson-Lucy": lucy,
-                **refined_row,
-            },
-            test.labels,
-        )
-        members_rev = score_sets(
-            convolved_members,
-            {
-                "convolved (truth)": test_conv.signal,
-                "unconvolved": test.signal,
-                "GAN-convolved": convolved,
-                "Gaussian blur": blurred,
-                **references,
-            },
-            test.labels,
-        )
+        sets = scored_sets(test.signal, test_conv.signal, t, references)
+        members_fwd = score_sets(unconvolved_members, sets["unconvolved"], test.labels)
+        members_rev = score_sets(convolved_members, sets["convolved"], test.labels)
         # each test spectrum's scores averaged over the classifiers
         correct_fwd, certain_fwd, margin_fwd = (
             {name: v.mean(0) for name, v in p.items()} for p in members_fwd
@@ -536,8 +547,8 @@ def run_evaluation(
         lo_hi = metrics.gap_closed_interval(scores[truth], scores[before], scores[methods[0]])
         return {"mean": mean, "gap_closed": closed, "gap_closed_interval": list(lo_hi)}
 
-    deconvolution = ("GAN-deconvolved", "Richardson-Lucy", *refined_row)
-    convolution = ("GAN-convolved", "Gaussian blur", *references)
+    # the methods of each table: every scored set after the truth and the untranslated input
+    deconvolution, convolution = tuple(sets["unconvolved"])[2:], tuple(sets["convolved"])[2:]
     accuracy_fwd, accuracy_rev = gaps(correct_fwd, deconvolution), gaps(correct_rev, convolution)
 
     def fidelity(pairs: dict[str, np.ndarray], reference: np.ndarray) -> dict:
