@@ -275,6 +275,7 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Gap in the margin closed by the GAN" in proc.stdout + proc.stderr
+    assert "Expected order of the applicability distances (medians): " in proc.stdout
     m = json.loads((out / "metrics.json").read_text())
     for key in ("gap_closed_deconvolution", "gap_closed_convolution", "auc_digits", "auc_photos"):
         assert key in m
@@ -331,6 +332,12 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     assert set(m["applicability"]) >= {"digits", "photographs", "Rb2MnF4", "negative control"}
     for summary in m["applicability"].values():  # a median lies within one std of the mean
         assert abs(summary["median"] - summary["mean"]) <= summary["std"] + 1e-6
+    # the target's order of the sets, checked by median and by mean (tiers: the set names)
+    order = m["applicability_order"]
+    assert {n for tier in order["tiers"] for n in tier} == set(m["applicability"])
+    for by in ("median", "mean"):
+        for a, b in order[f"violations_{by}"]:
+            assert m["applicability"][a][by] >= m["applicability"][b][by]
     for fractions in m["known_fraction"].values():
         translations = {"GAN-deconvolved", "Richardson-Lucy", "GAN-convolved", "Gaussian blur"}
         translations |= {REFINED}  # the tiny config's kernel GAN is refined
@@ -341,6 +348,7 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
         assert all(abs(v * sizes[k] - round(v * sizes[k])) < 1e-9 for k, v in fractions.items())
     report = (out / "report.md").read_text()
     assert "Gap closed by the GAN" in report and "ROC AUC" in report
+    assert "Expected order of the distances" in report and "- By median: " in report
     assert "Certainty gap closed by the GAN" in report
     assert "Margin gap closed by the GAN" in report and "| margin |" in report
     assert "benchmarks/classifier_seeds.py" in report  # the intervals leave out its seed

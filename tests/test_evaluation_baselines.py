@@ -368,6 +368,42 @@ def test_accuracy_gap_closed_and_roc_auc_hand_cases():
     assert metrics.roc_auc([1.0, 1.0], [1.0]) == 0.5
 
 
+def test_order_of_the_applicability_distances():
+    """The target's order of the sets (pipeline.APPLICABILITY_ORDER) on two demo runs'
+    median distances from the README: demo42's follows it, demo45's breaks it twice."""
+    from exp2sim.evaluation.pipeline import APPLICABILITY_ORDER
+    from exp2sim.evaluation.report import _order
+
+    names = [name for tier in APPLICABILITY_ORDER for name in tier]
+    demo42 = dict(zip(names, [0.757, 0.779, 2.14, 6.04, 14.3, 7.73, 15.2, 18.8], strict=True))
+    demo45 = dict(zip(names, [0.719, 0.787, 2.21, 4.55, 9.42, 4.04, 9.14, 9.51], strict=True))
+    assert metrics.order_violations(demo42, APPLICABILITY_ORDER) == []
+    assert metrics.order_violations(demo45, APPLICABILITY_ORDER) == [
+        ("artefacts", "negative control"),
+        ("Rb2MnF4", "photographs"),
+    ]
+    # within a tier no order; a tie across tiers is out of order; absent sets are left out
+    tiers = [["a", "b"], ["c"]]
+    assert metrics.order_violations({"a": 2.0, "b": 1.0, "c": 3.0}, tiers) == []
+    assert metrics.order_violations({"a": 3.0, "b": 1.0, "c": 3.0}, tiers) == [("a", "c")]
+    assert metrics.order_violations({"b": 5.0, "c": 3.0}, tiers) == [("b", "c")]
+    # the report's lines, from what metrics.json holds
+    m = {
+        "applicability": {k: {"median": v, "mean": 2 * v} for k, v in demo45.items()},
+        "applicability_order": {
+            "tiers": APPLICABILITY_ORDER,
+            "violations_median": metrics.order_violations(demo45, APPLICABILITY_ORDER),
+            "violations_mean": [],
+        },
+    }
+    text = "\n".join(_order(m))
+    assert "training set ~ test (convolved) < test (unconvolved) ~ artefacts <" in text
+    assert "By median: 2 pair(s) out of order" in text
+    assert "Rb2MnF4 (9.42) not below photographs (9.14)" in text
+    assert "By mean: the order holds." in text
+    assert _order({"applicability": {}}) == []  # a run written before the check
+
+
 def test_true_model_certainty_and_margin_hand_cases():
     # DUQ certainties need not sum to 1: both models can be certain at once
     k = np.array([[0.9, 0.2, 0.1], [0.3, 0.6, 0.5], [0.8, 0.7, 0.75], [0.1, 0.1, 0.1]])

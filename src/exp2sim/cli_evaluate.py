@@ -68,4 +68,9 @@ def print_summary(m: dict, out: Path) -> None:
             f"Gap in the {what} closed by the GAN: deconvolution {pct(closed[0])}, "
             f"convolution {pct(closed[1])}."
         )
+    order = m.get("applicability_order")
+    if order is not None:
+        pairs = order["violations_median"]
+        said = "holds" if not pairs else ", ".join(f"{a} not below {b}" for a, b in pairs)
+        console.print(f"Expected order of the applicability distances (medians): {said}.")
     console.print(f"Report: {out / 'report.md'} (numbers in {out / 'metrics.json'}).")

@@ -1,7 +1,7 @@
 """Metrics of the evaluation: paired fidelity of spectra (PSNR, SSIM over measured pixels),
 classification accuracy, the certainty of the true model and its margin over the others,
-the share of an accuracy gap a translation closes, and ROC AUC of out-of-distribution
-scores.
+the share of an accuracy gap a translation closes, ROC AUC of out-of-distribution
+scores, and whether sets of inputs lie at distances in an expected order.
 
 Fidelity metrics compare two spectra of the same shape S (1D, 2D or 3D, or a batch (n, *S)
 taken as one array); a pixel counts only if it is finite in both (NaN = masked). For one
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["accuracy", "gap_closed", "psnr", "roc_auc", "ssim"]
+__all__ = ["accuracy", "gap_closed", "order_violations", "psnr", "roc_auc", "ssim"]
 
 MOSAIC_SHAPE = (240, 400)
 MOSAIC_TILE = (40, 40)
@@ -194,3 +194,26 @@ def roc_auc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
         raise ValueError("roc_auc scores must be finite")
     labels = np.concatenate([np.zeros(len(a)), np.ones(len(b))])
     return float(roc_auc_score(labels, np.concatenate([a, b])))
+
+
+def order_violations(
+    scores: dict[str, float], tiers: list[list[str]] | tuple[tuple[str, ...], ...]
+) -> list[tuple[str, str]]:
+    """Pairs of sets out of an expected order of scores (e.g. median distances).
+
+    scores: one number per set name. tiers: set names from the lowest expected scores to
+    the highest; sets within a tier are not ordered among themselves (the paper's
+    "train ~ test"). Every set of a tier should score below every set of each later tier.
+    Returns (a, b) for each a of an earlier tier whose score is not below that of b of a
+    later one, in the tiers' order; [] when the order holds. Names missing from `scores`
+    are left out.
+    """
+    present = [[name for name in tier if name in scores] for tier in tiers]
+    return [
+        (a, b)
+        for i, lower in enumerate(present)
+        for higher in present[i + 1 :]
+        for a in lower
+        for b in higher
+        if not scores[a] < scores[b]
+    ]

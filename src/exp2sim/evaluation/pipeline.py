@@ -699,6 +699,15 @@ def assess_applicability(
     flat = {
         "applicability": summary,
         "applicability_thresholds": [float(t) for t in domain.thresholds],
+        "applicability_order": {
+            "tiers": APPLICABILITY_ORDER,
+            **{
+                f"violations_{by}": metrics.order_violations(
+                    {k: s[by] for k, s in summary.items()}, APPLICABILITY_ORDER
+                )
+                for by in ("median", "mean")
+            },
+        },
         "auc": auc,
         "auc_digits": auc["digits"],
         "auc_photos": auc["photographs"],
@@ -710,6 +719,15 @@ def assess_applicability(
 
 
 _VERDICTS = ("trustworthy", "expert opinion", "untrustworthy")
+# The target's order of the sets' distances, lowest first (issue 5, after the paper's
+# Fig. 5b: train ~ test < unconvolved / artefacts < Rb2MnF4 / negative control <
+# photographs / digits); the sets of a tier are not ordered among themselves.
+APPLICABILITY_ORDER = (
+    ("training set", "test (convolved)"),
+    ("test (unconvolved)", "artefacts"),
+    ("Rb2MnF4", "negative control"),
+    ("photographs", "digits"),
+)
 
 
 def _plain(obj):

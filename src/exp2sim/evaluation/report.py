@@ -216,6 +216,7 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "input far out (an Rb2MnF4 mosaic with almost nothing in the instrument's window) "
         "can dominate a set's mean; the median says where the set's typical input lies.",
     ]
+    out += _order(m)
     known = m["known_fraction"]
     out += [
         "",
@@ -270,3 +271,28 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
 
 def write_report(out: Path, cfg: EvaluationConfig, metrics: dict) -> None:
     write_text_atomic(out / "report.md", render(cfg, metrics))
+
+
+def _order(m: dict) -> list[str]:
+    """Whether the sets' distances follow the target's order, by median and by mean (runs
+    written before the check have none: no lines)."""
+    order = m.get("applicability_order")
+    if order is None:
+        return []
+    tiers = " < ".join(" ~ ".join(tier) for tier in order["tiers"])
+    lines = [
+        "",
+        "Expected order of the distances (after the paper's Fig. 5b; the artefacts are "
+        f"exp2sim's): {tiers}.",
+    ]
+    for by in ("median", "mean"):
+        pairs = order[f"violations_{by}"]
+        if not pairs:
+            lines.append(f"- By {by}: the order holds.")
+            continue
+        values = {k: s[by] for k, s in m["applicability"].items()}
+        broken = "; ".join(
+            f"{a} ({values[a]:.3g}) not below {b} ({values[b]:.3g})" for a, b in pairs
+        )
+        lines.append(f"- By {by}: {len(pairs)} pair(s) out of order: {broken}.")
+    return lines
