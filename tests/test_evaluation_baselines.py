@@ -370,7 +370,8 @@ def test_accuracy_gap_closed_and_roc_auc_hand_cases():
 
 def test_order_of_the_applicability_distances():
     """The target's order of the sets (pipeline.APPLICABILITY_ORDER) on two demo runs'
-    median distances from the README: demo42's follows it, demo45's breaks it twice."""
+    median distances (demo42's as in the README's table, demo45's from its metrics.json):
+    demo42's follow it, demo45's break it twice."""
     from exp2sim.evaluation.pipeline import APPLICABILITY_ORDER
     from exp2sim.evaluation.report import _order
 

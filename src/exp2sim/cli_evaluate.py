@@ -40,6 +40,8 @@ def print_summary(m: dict, out: Path) -> None:
     """The headline numbers on the terminal."""
     from rich.table import Table
 
+    from exp2sim.evaluation.report import order_verdict
+
     def pct(x: float | None) -> str:
         return "n/a" if x is None or x != x else f"{100 * x:.1f} %"
 
@@ -68,9 +70,7 @@ def print_summary(m: dict, out: Path) -> None:
             f"Gap in the {what} closed by the GAN: deconvolution {pct(closed[0])}, "
             f"convolution {pct(closed[1])}."
         )
-    order = m.get("applicability_order")
-    if order is not None:
-        pairs = order["violations_median"]
-        said = "holds" if not pairs else ", ".join(f"{a} not below {b}" for a, b in pairs)
-        console.print(f"Expected order of the applicability distances (medians): {said}.")
+    if "applicability_order" in m:
+        verdict = order_verdict(m, "median")
+        console.print(f"Expected order of the applicability distances (medians): {verdict}.")
     console.print(f"Report: {out / 'report.md'} (numbers in {out / 'metrics.json'}).")

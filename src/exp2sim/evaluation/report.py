@@ -280,19 +280,20 @@ def _order(m: dict) -> list[str]:
     if order is None:
         return []
     tiers = " < ".join(" ~ ".join(tier) for tier in order["tiers"])
-    lines = [
+    return [
         "",
         "Expected order of the distances (after the paper's Fig. 5b; the artefacts are "
         f"exp2sim's): {tiers}.",
+        *(f"- By {by}: {order_verdict(m, by)}." for by in ("median", "mean")),
     ]
-    for by in ("median", "mean"):
-        pairs = order[f"violations_{by}"]
-        if not pairs:
-            lines.append(f"- By {by}: the order holds.")
-            continue
-        values = {k: s[by] for k, s in m["applicability"].items()}
-        broken = "; ".join(
-            f"{a} ({values[a]:.3g}) not below {b} ({values[b]:.3g})" for a, b in pairs
-        )
-        lines.append(f"- By {by}: {len(pairs)} pair(s) out of order: {broken}.")
-    return lines
+
+
+def order_verdict(m: dict, by: str) -> str:
+    """ "the order holds", or the pairs of sets out of the target's order by `by` (median or
+    mean distance), with their values; from metrics.json's `applicability_order`."""
+    pairs = m["applicability_order"][f"violations_{by}"]
+    if not pairs:
+        return "the order holds"
+    values = {k: s[by] for k, s in m["applicability"].items()}
+    broken = "; ".join(f"{a} ({values[a]:.3g}) not below {b} ({values[b]:.3g})" for a, b in pairs)
+    return f"{len(pairs)} pair(s) out of order: {broken}"
