@@ -16,7 +16,10 @@ among `--seeds` its row reproduces the report's table (a check of this script).
 Each classifier takes as long as in the run (about 75-90 s on 2 cores at the demo's
 settings), so 5 seeds take about 15 minutes.
 
-Usage: python benchmarks/classifier_seeds.py DIR [--seeds 0,1,2,3,4]
+Usage: python benchmarks/classifier_seeds.py DIR [--seeds 0,1,2,3,4] [--set KEY=VALUE ...]
+
+`--set` changes one of the classifier's settings (ClassifierConfig) for every seed, e.g.
+`--set penalty_batch=4`; VALUE is read as JSON where it can be (numbers, lists), else as text.
 """
 
 from __future__ import annotations
@@ -45,18 +48,32 @@ def pct(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{100 * x:.0f} %"
 
 
+def _setting(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    changes = dict(_setting(item) for item in args.set)
 
     cfg = EvaluationConfig.from_dict(json.loads((args.run / "config.json").read_text()))
     data = build_datasets(cfg, args.run / "data")
     test, test_conv = data["test"], data["test_convolved"]
     t0 = time.perf_counter()
     t = translate_test_set(cfg, args.run / "gan", test.signal, test_conv.signal)
+    if changes:
+        print(f"classifier settings changed: {changes}")
     print(f"run {args.run} (seed {cfg.seed}); translations {time.perf_counter() - t0:.0f} s")
     # per direction: the training set and the sets the report scores, in its order
     sets = scored_sets(test.signal, test_conv.signal, t)
@@ -66,7 +83,7 @@ def main() -> None:
         for direction, train in training.items():
             t0 = time.perf_counter()
             config = ClassifierConfig.from_dict(
-                {**cfg.classifier, "seed": seed, "device": cfg.device}
+                {**cfg.classifier, **changes, "seed": seed, "device": cfg.device}
             )
             clf = DUQClassifier(config).fit(train.signal, train.labels, list(train.classes))
             one = score_sets([clf], sets[direction], test.labels)

@@ -166,21 +166,3 @@ def gradient_penalty(
     size = grad[0].numel()
     scale = 1.0 if reference_size is None else reference_size / size
     return ((grad.flatten(1).pow(2).sum(1) * scale - 1) ** 2).mean()
-
-
-def duq_loss(
-    kernel: torch.Tensor,
-    onehot: torch.Tensor,
-    intensity: torch.Tensor | None,
-    lam: float,
-    reference_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, bce, penalty): binary cross-entropy of K (n, C) against one-hot labels plus
-    lam times the gradient penalty w.r.t. `intensity` (skipped when lam == 0 or None), with
-    its target norm set by `reference_size` (see `gradient_penalty`)."""
-    bce = F.binary_cross_entropy(kernel, onehot.to(kernel.dtype))
-    if lam == 0 or intensity is None:
-        penalty = torch.zeros((), device=kernel.device)
-    else:
-        penalty = gradient_penalty(kernel, intensity, reference_size)
-    return bce + lam * penalty, bce, penalty
