@@ -6,11 +6,15 @@ config.json, data/ and gan/), translates the test set once as the report does (t
 both directions, Richardson-Lucy, the Gaussian blur, the refined deconvolution), then trains
 the two classifiers again with each of `--seeds` (every other setting as in the run) and
 scores the same spectra with each: accuracy, the certainty of the true model and its margin
-over the other model (`metrics.true_model_certainty`), and the share of each gap closed.
+over the other model (`metrics.true_model_certainty`), and the share of each gap closed;
+and which share of each set, the run's out-of-distribution sets included (artefacts,
+Rb2MnF4, negative control, photographs, digits: read from its data/), each classifier
+calls one of the known models (`DUQClassifier.known`, the report's last table).
 
-Printed: one row per seed and direction, then per direction the mean over seeds of each
-set's scores, the gap closed computed from those means, and per method the range of the
-per-seed gaps closed and on how many seeds it beats the baseline. With the run's own seed
+Printed: one row per seed and direction, and one of the shares called known; then per
+direction the mean over seeds of each set's scores, the gap closed computed from those
+means, per method the range of the per-seed gaps closed and on how many seeds it beats the
+baseline, and the mean (range) of the shares called known. With the run's own seed
 among `--seeds` its row reproduces the report's table (a check of this script).
 
 Each classifier takes as long as in the run (about 75-90 s on 2 cores at the demo's
@@ -35,6 +39,7 @@ from exp2sim.classifier import ClassifierConfig, DUQClassifier
 from exp2sim.evaluation.config import EvaluationConfig
 from exp2sim.evaluation.data import build_datasets
 from exp2sim.evaluation.pipeline import (
+    outlier_spectra,
     per_classifier,
     score_sets,
     scored_sets,
@@ -58,6 +63,14 @@ def _setting(item: str) -> tuple[str, object]:
         return key, value
 
 
+def _auc(inside: np.ndarray, outside: np.ndarray) -> float:
+    """ROC AUC of telling `outside` distances (positives) from `inside` ones."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.r_[np.zeros(len(inside)), np.ones(len(outside))]
+    return float(roc_auc_score(y, np.r_[inside, outside]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
@@ -77,6 +90,9 @@ def main() -> None:
     print(f"run {args.run} (seed {cfg.seed}); translations {time.perf_counter() - t0:.0f} s")
     # per direction: the training set and the sets the report scores, in its order
     sets = scored_sets(test.signal, test_conv.signal, t)
+    outliers = outlier_spectra(cfg, data, args.run / "data", None, None)  # simulated by the run
+    known: dict[str, list[dict[str, float]]] = {"unconvolved": [], "convolved": []}
+    auc: dict[str, list[dict[str, float]]] = {"unconvolved": [], "convolved": []}
     training = {"unconvolved": data["train"], "convolved": data["train_convolved"]}
     runs: dict[str, list] = {direction: [] for direction in training}  # score_sets' per seed
     for seed in seeds:
@@ -88,6 +104,15 @@ def main() -> None:
             clf = DUQClassifier(config).fit(train.signal, train.labels, list(train.classes))
             one = score_sets([clf], sets[direction], test.labels)
             runs[direction].append(one)
+            novel = {**{k: v for k, v in sets[direction].items()}, **outliers}
+            known[direction].append({k: float(clf.known(x).mean()) for k, x in novel.items()})
+            # threshold-free: how well the novelty distance alone tells each set from the
+            # classifier's own test set (truth), as ROC AUC
+            distance = {k: clf.novelty_distance(x) for k, x in novel.items()}
+            own = distance[next(iter(novel))]
+            auc[direction].append(
+                {k: _auc(own, d) for k, d in list(distance.items())[1:] if d is not None}
+            )
             own = per_classifier(one, tuple(sets[direction])[2:])
             row = "; ".join(
                 f"{k} {own['mean']['accuracy'][k][0]:.1%} / "
@@ -100,6 +125,16 @@ def main() -> None:
             print(
                 f"seed {seed}, classifier on {direction} ({time.perf_counter() - t0:.0f} s): "
                 f"{row}; GAN's gap closed {gan}",
+                flush=True,
+            )
+            print(
+                "  called known: "
+                + "; ".join(f"{k} {v:.0%}" for k, v in known[direction][-1].items()),
+                flush=True,
+            )
+            print(
+                "  novelty distance, ROC AUC against the own test set: "
+                + "; ".join(f"{k} {v:.3f}" for k, v in auc[direction][-1].items()),
                 flush=True,
             )
 
@@ -133,6 +168,21 @@ def main() -> None:
                 f"{method}: gap closed (of the means, accuracy / certainty / margin) "
                 + " / ".join(pct(of_means[m][method][0]) for m in MEASURES)
                 + f"; per seed {ranges}"
+            )
+        shares = {k: [one[k] for one in known[direction]] for k in known[direction][0]}
+        print(
+            "called known, mean (min-max) over seeds: "
+            + "; ".join(
+                f"{k} {np.mean(v):.0%} ({min(v):.0%}-{max(v):.0%})" for k, v in shares.items()
+            )
+        )
+        if auc[direction] and auc[direction][0]:
+            aucs = {k: [one[k] for one in auc[direction]] for k in auc[direction][0]}
+            print(
+                "novelty ROC AUC against the own test set, mean (min-max) over seeds: "
+                + "; ".join(
+                    f"{k} {np.mean(v):.3f} ({min(v):.3f}-{max(v):.3f})" for k, v in aucs.items()
+                )
             )
         baseline = names[3]
         for m in MEASURES:
