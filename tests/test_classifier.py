@@ -186,8 +186,8 @@ def test_training_step_computes_the_penalty_on_the_first_spectra_of_the_batch(pe
 
 
 def test_learns_with_the_penalty_on_a_quarter_of_each_batch():
-    """penalty_batch = 4 of 16 (the demo's setting, 3x faster steps on its mosaics) still
-    learns the task of `trained` and keeps noise less certain than spectra."""
+    """penalty_batch = 4 of 16 (3x faster steps on the demo's mosaics) still learns the
+    task of `trained` and keeps noise less certain than spectra."""
     x, y = dispersions(160, seed=0)
     config = ClassifierConfig(
         epochs=15, min_steps=0, device="cpu", val_fraction=0.125, seed=3, penalty_batch=4

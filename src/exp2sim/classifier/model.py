@@ -53,7 +53,9 @@ class ClassifierConfig:
     # spectra of each batch (its first ones; batches are drawn at random) on which the
     # penalty is computed; 0: all. Its double backward is most of a step's time (batch 16
     # of the demo's mosaics: 87-95 ms a step with the penalty, 23-26 ms without), and the
-    # penalty is a mean over spectra, so a random subset estimates it without bias.
+    # penalty is a mean over spectra, so a random subset estimates it without bias. With 4
+    # of 16 the demo's classifier on unconvolved spectra accepted far more
+    # out-of-distribution spectra (docs/measurements.md), so all is the default.
     penalty_batch: int = 0
     # training
     epochs: int = 20  # at least; more when needed for `min_steps` (see `epochs_for`)
