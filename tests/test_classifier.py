@@ -320,6 +320,8 @@ def test_bad_input_gives_one_line_errors(trained, tmp_path):
     assert "has no training spectra" in message(DUQClassifier().fit, x, y * 0, CLASSES)
     with pytest.raises(ValueError, match="gamma"):
         ClassifierConfig(gamma=0.0)
+    with pytest.raises(ValueError, match="penalty_batch"):
+        ClassifierConfig(penalty_batch=-1)
 
 
 # ---------------------------------------------------------------- the command
