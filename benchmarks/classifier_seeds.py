@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from exp2sim.classifier import ClassifierConfig, DUQClassifier
+from exp2sim.evaluation import metrics
 from exp2sim.evaluation.config import EvaluationConfig
 from exp2sim.evaluation.data import build_datasets
 from exp2sim.evaluation.pipeline import (
@@ -61,14 +62,6 @@ def _setting(item: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
-
-
-def _auc(inside: np.ndarray, outside: np.ndarray) -> float:
-    """ROC AUC of telling `outside` distances (positives) from `inside` ones."""
-    from sklearn.metrics import roc_auc_score
-
-    y = np.r_[np.zeros(len(inside)), np.ones(len(outside))]
-    return float(roc_auc_score(y, np.r_[inside, outside]))
 
 
 def main() -> None:
@@ -104,14 +97,19 @@ def main() -> None:
             clf = DUQClassifier(config).fit(train.signal, train.labels, list(train.classes))
             one = score_sets([clf], sets[direction], test.labels)
             runs[direction].append(one)
-            novel = {**{k: v for k, v in sets[direction].items()}, **outliers}
-            known[direction].append({k: float(clf.known(x).mean()) for k, x in novel.items()})
-            # threshold-free: how well the novelty distance alone tells each set from the
-            # classifier's own test set (truth), as ROC AUC
-            distance = {k: clf.novelty_distance(x) for k, x in novel.items()}
-            own = distance[next(iter(novel))]
+            # per set, from one pass each: the share called known, and (threshold-free) how
+            # well the novelty distance alone tells the set from the classifier's own test
+            # set (truth, the first), as ROC AUC
+            answers = {k: clf.results(x) for k, x in {**sets[direction], **outliers}.items()}
+            known[direction].append(
+                {k: float(np.mean([r["known"] for r in rs])) for k, rs in answers.items()}
+            )
+            distance = {k: np.array([r["novelty"] for r in rs]) for k, rs in answers.items()}
+            truth, *others = distance
             auc[direction].append(
-                {k: _auc(own, d) for k, d in list(distance.items())[1:] if d is not None}
+                {k: metrics.roc_auc(distance[truth], distance[k]) for k in others}
+                if clf.novelty is not None
+                else {}
             )
             own = per_classifier(one, tuple(sets[direction])[2:])
             row = "; ".join(
