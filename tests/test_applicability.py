@@ -353,6 +353,49 @@ def test_command_prints_verdicts_and_reuses_its_calibration(tiny_run, tmp_path):
     assert table.exit_code == 0 and "untrustworthy" in table.stdout
 
 
+def test_command_subtracts_the_background_first(tiny_run, tmp_path):
+    """--background 48 (the whole 1D spectrum as one block): a flat background added to
+    the run's own kind of spectra moves them away from the training set, and subtracting
+    it brings them back, to the distances of `subtract_background`'s output."""
+    from exp2sim.spectra.background import subtract_background
+
+    run = tiny_run / "run"
+    clean = blur(sharp_spectra(6, SHAPE, seed=5, width=1.0), 1.5)
+    measured = clean + 0.5 * clean.max(axis=1, keepdims=True)
+    np.save(tmp_path / "measured.npy", measured)
+    np.save(tmp_path / "subtracted.npy", subtract_background(measured, SHAPE))
+    np.save(tmp_path / "clean.npy", clean)
+
+    def distances(name, *args):
+        res = _applicability(run, tmp_path / name, "--format", "json", "--repeats", "200", *args)
+        assert res.exit_code == 0, res.output
+        return np.array([r["mean"] for r in json.loads(res.stdout)["inputs"]])
+
+    with_option = distances("measured.npy", "--background", "48")
+    np.testing.assert_allclose(with_option, distances("subtracted.npy"), rtol=1e-5)
+    raw, clean_distances = distances("measured.npy"), distances("clean.npy")
+    assert raw.mean() > 1.5 * clean_distances.mean()
+    assert with_option.mean() < 0.5 * (raw.mean() + clean_distances.mean())
+
+
+def test_translate_subtracts_the_background_first(tiny_run, tmp_path):
+    from exp2sim.gan.translate import Translator
+    from exp2sim.spectra.background import subtract_background
+
+    run = tiny_run / "run"
+    clean = blur(sharp_spectra(3, SHAPE, seed=6, width=1.0), 1.5)
+    measured = (clean + 0.5 * clean.max(axis=1, keepdims=True)).astype(np.float32)
+    np.save(tmp_path / "measured.npy", measured)
+    out = tmp_path / "out.npy"
+    args = ["translate", str(tmp_path / "measured.npy"), "--run", str(run), "--out", str(out)]
+    res = runner.invoke(app, [*args, "--background", "48", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    translator = Translator.from_run(run, "exp2sim", device="cpu")
+    expected = translator(subtract_background(measured, SHAPE))
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+    assert not np.allclose(np.load(out), translator(measured), atol=1e-3)
+
+
 def _train_one_step(folder, n, shape, **extra):
     """A run of the tiny GAN (TINY and `extra`) trained for one step by `exp2sim train` on n
     blurred and n sharp spectra of `shape`; returns its directory."""

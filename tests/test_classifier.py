@@ -499,12 +499,40 @@ def test_classify_deconvolves_with_a_gan_run_first(cli_model):
     assert len(rows) == 4 and all("applicability" not in r for r in rows)
 
 
+def test_classify_subtracts_the_background_first(cli_model):
+    """--background BLOCK: the certainties are those of the spectra less
+    `subtract_background` (whose own tests check the estimate), one spectrum or a stack."""
+    from exp2sim.spectra.background import subtract_background
+
+    root = cli_model
+    clf = DUQClassifier.load(root / "cls", device="cpu")
+    x, _ = dispersions(5, seed=14)
+    scale = np.nanmax(x, axis=(1, 2), keepdims=True)
+    measured = (x + 0.3 * scale).astype(np.float32)  # a flat background, 30 % of the peak
+    np.save(root / "background.npy", measured)
+    np.save(root / "background_one.npy", measured[2])
+    args = ["classify", "--model", str(root / "cls"), "--format", "json"]
+    res = runner.invoke(app, [*args, str(root / "background.npy"), "--background", "16x16"])
+    assert res.exit_code == 0, res.output
+    got = [[r["certainties"][c] for c in CLASSES] for r in json.loads(res.stdout)]
+    expected = clf.certainties(subtract_background(measured, (16, 16)))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert not np.allclose(got, clf.certainties(measured), atol=1e-3)  # it was subtracted
+    res = runner.invoke(app, [*args, str(root / "background_one.npy"), "--background", "16x16"])
+    one = json.loads(res.stdout)
+    assert [one["certainties"][c] for c in CLASSES] == pytest.approx(expected[2].tolist())
+    res = runner.invoke(app, [*args, str(root / "background.npy"), "--background", "5x5"])
+    assert res.exit_code == 2 and "does not divide" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
         ([], "either --train"),
         (["--train", "a.h5", "--model", "cls", "x.npy"], "either --train"),
         (["--train", "a.h5"], "needs --out"),
+        (["--train", "a.h5", "--out", "x", "--background", "8x8"], "takes no INPUT"),
         (["--model", "cls"], "needs the INPUT"),
         (["--model", "cls", "wrong.npy"], "the model's (32, 48)"),
         (["--model", "cls", "one.npy", "--format", "xml"], "unknown --format"),

@@ -10,7 +10,15 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from exp2sim.cli_common import SPECTRA_HELP, console, err_console, note, user_errors
+from exp2sim.cli_common import (
+    SPECTRA_HELP,
+    BackgroundOpt,
+    console,
+    err_console,
+    note,
+    user_errors,
+    without_background,
+)
 
 
 def applicability(
@@ -30,6 +38,7 @@ def applicability(
         Path | None,
         typer.Option(help="Write a ridgeline PNG: a row per input file, and the held-out set."),
     ] = None,
+    background: BackgroundOpt = None,
 ) -> None:
     """Distance of each spectrum to the run's training set in the generator's feature space
     (Sinkhorn, `--repeats` random subsets of `--points` training examples), and a verdict:
@@ -49,7 +58,8 @@ def applicability(
         if repeats < 1 or points < 1:
             raise ValueError("--repeats and --points must be at least 1")
         dim, axes = _run_dim(run, direction)
-        sets = {str(path): _read(path, dim, axes) for path in inputs}  # bad input fails fast
+        # bad input fails fast, before the calibration
+        sets = {str(p): without_background(_read(p, dim, axes), background) for p in inputs}
         # zones calibrated once per run with the defaults: verdicts use each input's mean
         # distance, whose expectation depends on neither repeats, seed nor points
         domain = ApplicabilityDomain.for_run(run, direction, log=note)

@@ -10,7 +10,16 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from exp2sim.cli_common import SPECTRA_HELP, console, err_console, note, progress_bar, user_errors
+from exp2sim.cli_common import (
+    SPECTRA_HELP,
+    BackgroundOpt,
+    console,
+    err_console,
+    note,
+    progress_bar,
+    user_errors,
+    without_background,
+)
 
 NONE_KNOWN = "none of the known models"
 
@@ -36,6 +45,7 @@ def classify(
     epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of weights and data split.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    background: BackgroundOpt = None,
 ) -> None:
     """Train a DUQ classifier (--train DATA.h5 ... --out DIR) or classify spectra with one
     (--model DIR INPUT): a certainty in [0, 1] per known model; all low means none of them."""
@@ -45,8 +55,10 @@ def classify(
         if train is not None:
             if out is None:
                 raise ValueError("--train needs --out DIR for the classifier")
-            if input is not None or deconvolve is not None:
-                raise ValueError("--train takes no INPUT and no --deconvolve (use --model)")
+            if input is not None or deconvolve is not None or background is not None:
+                raise ValueError(
+                    "--train takes no INPUT, --deconvolve or --background (use --model)"
+                )
             _train(train, out, epochs, seed, device)
         else:
             if input is None:
@@ -55,7 +67,7 @@ def classify(
                 raise ValueError("--out, --epochs and --seed belong to --train")
             if format not in ("text", "json"):
                 raise ValueError(f"unknown --format {format!r}: use text or json")
-            _classify(model, input, deconvolve, format, device)
+            _classify(model, input, deconvolve, format, device, background)
 
 
 def read_training_sets(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -127,14 +139,21 @@ def _train(paths: list[Path], out: Path, epochs: int | None, seed: int | None, d
     err_console.print(f"wrote {out}: classes {', '.join(classes)}")
 
 
-def _classify(model: Path, input: Path, deconvolve: Path | None, fmt: str, device: str) -> None:
+def _classify(
+    model: Path,
+    input: Path,
+    deconvolve: Path | None,
+    fmt: str,
+    device: str,
+    background: str | None = None,
+) -> None:
     from exp2sim.classifier import DUQClassifier
     from exp2sim.readers import check_compatible, read_spectra_file
 
     clf = DUQClassifier.load(model, device=device)
     file = read_spectra_file(input)
     check_compatible(file, clf.input_shape, clf.axes, str(input))
-    spectra = file.signal
+    spectra = without_background(file.signal, background)
     single = spectra.shape == clf.input_shape
     trust = None
     if deconvolve is not None:

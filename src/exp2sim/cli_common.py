@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -25,6 +27,31 @@ SPECTRA_HELP = (
     ".npy (one spectrum or a stack), a folder of .npy files, or HDF5 (.h5, .nxs): exp2sim "
     "dataset, NeXus NXdata or Mantid MDHistoWorkspace."
 )
+
+BackgroundOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--background",
+        help="Subtract a background estimated from each spectrum first: one value per block "
+        "of bins (a low quantile), e.g. 40x40 for the MAPS mosaic's constant-energy tiles, "
+        "60x60x1 for a volume's energy slices, 100 for a whole cut of 100 bins; what falls "
+        "below 0 is set to 0. Default: none.",
+        metavar="BLOCK",
+    ),
+]
+
+
+def without_background(spectra: np.ndarray, block: str | None) -> np.ndarray:
+    """`spectra` (*S or (n, *S)) less the background of `--background BLOCK` (None: as
+    they are); exp2sim.spectra.background."""
+    if block is None:
+        return spectra
+    from exp2sim.spectra.background import parse_block, subtract_background
+
+    sizes = parse_block(block)
+    single = spectra.ndim == len(sizes)
+    result = subtract_background(spectra[None] if single else spectra, sizes)
+    return result[0] if single else result
 
 
 def note(message: str) -> None:

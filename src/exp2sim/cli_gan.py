@@ -11,7 +11,14 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from exp2sim.cli_common import SPECTRA_HELP, err_console, progress_bar, user_errors
+from exp2sim.cli_common import (
+    SPECTRA_HELP,
+    BackgroundOpt,
+    err_console,
+    progress_bar,
+    user_errors,
+    without_background,
+)
 
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 
@@ -178,6 +185,7 @@ def translate(
             "5 is the demo's; 0: none)."
         ),
     ] = 0,
+    background: BackgroundOpt = None,
 ) -> None:
     """Translate spectra with one generator of a trained run; shape and mask are kept."""
     with user_errors():
@@ -202,14 +210,15 @@ def translate(
         if to_hdf5 and file.source == "mantid-mdhisto":
             raise ValueError(f"{out}: write .npy for a Mantid input (its layout is not NXdata)")
         check_compatible(file, None, translator.axes, str(input), ndim=translator.dim)
-        result = translator(file.signal)
+        signal = without_background(file.signal, background)
+        result = translator(signal)
         if refine:
             from exp2sim.gan.refine import LearnedBlur
 
             blur = LearnedBlur.from_run(
                 run, checkpoint, device, max_voxels=max_voxels, match_intensity=match_intensity
             )
-            result = blur.deconvolve(file.signal, result, refine).astype(result.dtype)
+            result = blur.deconvolve(signal, result, refine).astype(result.dtype)
         if to_hdf5:
             _write_translated_h5(input, out, result, run, direction)
         else:

@@ -65,6 +65,12 @@ class MosaicLayout:
         return (len(self.settings) * self.n_q, self.n_slices * self.n_q)
 
     @property
+    def background_block(self) -> tuple[int, int]:
+        """One constant-energy (h, k) tile: the bins of one background level
+        (`spectra.background`)."""
+        return (self.n_q, self.n_q)
+
+    @property
     def q_centres(self) -> np.ndarray:
         """(n_q,) bin centres along h and k (r.l.u.)."""
         return np.linspace(self.q_min, self.q_max, self.n_q)
@@ -109,6 +115,11 @@ class VolumeLayout:
     def shape(self) -> tuple[int, int, int]:
         return (self.n_h, self.n_k, self.n_e)
 
+    @property
+    def background_block(self) -> tuple[int, int, int]:
+        """One energy slice: the bins of one background level (`spectra.background`)."""
+        return (self.n_h, self.n_k, 1)
+
     def bins(self) -> Bins:
         h = np.linspace(self.q_min, self.q_max, self.n_h)
         k = np.linspace(self.q_min, self.q_max, self.n_k)
@@ -137,6 +148,12 @@ class CutLayout:
 
     @property
     def shape(self) -> tuple[int]:
+        return (self.n_e,)
+
+    @property
+    def background_block(self) -> tuple[int]:
+        """The whole cut: one background level (`spectra.background`); at one (h, k) the
+        spin waves and the background cannot be told apart energy by energy."""
         return (self.n_e,)
 
     def bins(self) -> Bins:
