@@ -188,6 +188,26 @@ def test_artefacts_add_background_noise_spurions_and_dead_pixels():
     assert np.array_equal(outliers.with_artefacts(clean, seed=3), dirty, equal_nan=True)
 
 
+def test_each_artefact_alone():
+    clean = np.full((2, 60, 40), 10.0, dtype=np.float32)
+    clean[:, ::7] = 0.0
+    background = outliers.with_artefacts(clean, seed=3, kinds=("background",))
+    # 5-15 % of the 99th percentile (10), plus a slope of up to +-5 % along axis 0
+    rise = background - clean
+    assert not np.isnan(background).any() and rise.min() >= -1e-5 and rise.max() <= 2 + 1e-5
+    assert np.all((rise[:, 0] >= 0.5 - 1e-5) & (rise[:, 0] <= 1.5 + 1e-5))  # first row: no slope
+    assert np.allclose(np.diff(rise, axis=1), np.diff(rise, axis=1)[:, :1], atol=1e-5)  # linear
+    assert np.allclose(np.diff(rise, axis=2), 0, atol=1e-5)  # flat along the rows
+    dead = outliers.with_artefacts(clean, seed=3, kinds=("dead pixels",))
+    assert np.isnan(dead).any()
+    assert np.array_equal(dead[~np.isnan(dead)], clean[~np.isnan(dead)])  # nothing else
+    noise = outliers.with_artefacts(clean, seed=3, kinds=("noise",))
+    assert not np.isnan(noise).any() and np.all(noise[:, ::7] == 0)  # Poisson: 0 stays 0
+    assert abs(noise[clean > 0].mean() - 10) < 0.2 and noise[clean > 0].std() > 1.0
+    with pytest.raises(ValueError, match="unknown artefacts"):
+        outliers.with_artefacts(clean, kinds=("cosmic rays",))
+
+
 def test_negative_control_takes_each_row_block_from_another_magnet():
     sources = [np.full((3, 12, 5), float(i), dtype=np.float32) for i in range(3)]
     x = outliers.negative_control(sources, n=4, blocks=6, seed=0)
@@ -330,6 +350,9 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     assert np.isfinite(m["fidelity_deconvolution"]["GAN, refined"]["psnr"])
     assert np.isfinite(m["fidelity_convolution"][BINS_ROW]["psnr"])
     assert set(m["applicability"]) >= {"digits", "photographs", "Rb2MnF4", "negative control"}
+    from exp2sim.evaluation.pipeline import ARTEFACTS_SUBTRACTED
+
+    assert {"artefacts", ARTEFACTS_SUBTRACTED} <= set(m["applicability"])
     for summary in m["applicability"].values():  # a median lies within one std of the mean
         assert abs(summary["median"] - summary["mean"]) <= summary["std"] + 1e-6
     # the target's order of the sets, checked by median and by mean (tiers: the set names)
@@ -349,6 +372,7 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     report = (out / "report.md").read_text()
     assert "Gap closed by the GAN" in report and "ROC AUC" in report
     assert "Expected order of the distances" in report and "- By median: " in report
+    assert "then the same after `--background`" in report
     assert "Certainty gap closed by the GAN" in report
     assert "Margin gap closed by the GAN" in report and "| margin |" in report
     assert "benchmarks/classifier_seeds.py" in report  # the intervals leave out its seed

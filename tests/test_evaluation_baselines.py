@@ -372,17 +372,34 @@ def test_order_of_the_applicability_distances():
     """The target's order of the sets (pipeline.APPLICABILITY_ORDER) on two demo runs'
     median distances (demo42's as in the README's table, demo45's from its metrics.json):
     demo42's follow it, demo45's break it twice."""
-    from exp2sim.evaluation.pipeline import APPLICABILITY_ORDER
+    from exp2sim.evaluation.pipeline import APPLICABILITY_ORDER, ARTEFACTS_SUBTRACTED
     from exp2sim.evaluation.report import _order
 
-    names = [name for tier in APPLICABILITY_ORDER for name in tier]
+    names = ["training set", "test (convolved)", "test (unconvolved)", "artefacts"]
+    names += ["Rb2MnF4", "negative control", "photographs", "digits"]
     demo42 = dict(zip(names, [0.757, 0.779, 2.14, 6.04, 14.3, 7.73, 15.2, 18.8], strict=True))
     demo45 = dict(zip(names, [0.719, 0.787, 2.21, 4.55, 9.42, 4.04, 9.14, 9.51], strict=True))
+    # runs of that time had no background-subtracted artefacts: the set is left out
+    assert ARTEFACTS_SUBTRACTED in APPLICABILITY_ORDER[1]
     assert metrics.order_violations(demo42, APPLICABILITY_ORDER) == []
     assert metrics.order_violations(demo45, APPLICABILITY_ORDER) == [
         ("artefacts", "negative control"),
         ("Rb2MnF4", "photographs"),
     ]
+    # the subtracted artefacts share the unconvolved spectra's tier: above the test sets,
+    # below Rb2MnF4 and the negative control
+    assert metrics.order_violations(
+        {**demo45, ARTEFACTS_SUBTRACTED: 1.88}, APPLICABILITY_ORDER
+    ) == [
+        ("artefacts", "negative control"),
+        ("Rb2MnF4", "photographs"),
+    ]
+    assert (ARTEFACTS_SUBTRACTED, "negative control") in metrics.order_violations(
+        {**demo45, ARTEFACTS_SUBTRACTED: 4.1}, APPLICABILITY_ORDER
+    )
+    assert ("test (convolved)", ARTEFACTS_SUBTRACTED) in metrics.order_violations(
+        {**demo45, ARTEFACTS_SUBTRACTED: 0.7}, APPLICABILITY_ORDER
+    )
     # within a tier no order; a tie across tiers is out of order; absent sets are left out
     tiers = [["a", "b"], ["c"]]
     assert metrics.order_violations({"a": 2.0, "b": 1.0, "c": 3.0}, tiers) == []
@@ -398,7 +415,7 @@ def test_order_of_the_applicability_distances():
         },
     }
     text = "\n".join(_order(m))
-    assert "training set ~ test (convolved) < test (unconvolved) ~ artefacts <" in text
+    assert "training set ~ test (convolved) < test (unconvolved) ~ artefacts ~ artefacts, " in text
     assert "By median: 2 pair(s) out of order" in text
     assert "Rb2MnF4 (9.42) not below photographs (9.14)" in text
     assert "By mean: the order holds." in text

@@ -93,11 +93,21 @@ def _fit(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.repeat(_resize(image, shape[:2])[..., None], shape[2], axis=2)
 
 
-def with_artefacts(spectra: np.ndarray, seed: int = 0) -> np.ndarray:
+ARTEFACTS = ("background", "noise", "spurions", "dead pixels")
+
+
+def with_artefacts(
+    spectra: np.ndarray, seed: int = 0, kinds: tuple[str, ...] = ARTEFACTS
+) -> np.ndarray:
     """Copies of spectra (n, *S) with the artefacts of a real measurement, all at once:
-    counting noise (Poisson with ~20 counts at the 99th percentile), a flat plus sloped
-    background of 5-15 % of it, 3-6 spurions (bright Gaussian spots, 2-4 px wide, at 1-3x
-    the 99th percentile) and dead pixels (1 % of pixels and one dead detector line, NaN)."""
+    a flat plus sloped background of 5-15 % of the 99th percentile, counting noise (Poisson
+    with ~20 counts at the 99th percentile), 3-6 spurions (bright Gaussian spots, 2-4 px
+    wide, at 1-3x the 99th percentile) and dead pixels (1 % of pixels and one dead detector
+    line, NaN). `kinds`: a subset of ARTEFACTS, to see what each does alone (the random
+    draws then differ from the full set's)."""
+    unknown = set(kinds) - set(ARTEFACTS)
+    if unknown:
+        raise ValueError(f"unknown artefacts {sorted(unknown)}: choose from {ARTEFACTS}")
     rng = np.random.default_rng(seed)
     out = np.array(spectra, dtype=np.float64)
     shape = out.shape[1:]
@@ -105,20 +115,24 @@ def with_artefacts(spectra: np.ndarray, seed: int = 0) -> np.ndarray:
     for x in out:
         finite = x[np.isfinite(x)]
         q = float(np.percentile(np.abs(finite[finite != 0]), 99.0))
-        background = q * (rng.uniform(0.05, 0.15) + rng.uniform(-0.05, 0.05) * grids[0])
-        x += background
-        counts = 20.0 / q
-        ok = np.isfinite(x)
-        x[ok] = rng.poisson(np.clip(x[ok], 0, None) * counts) / counts
-        spots = np.zeros(shape)
-        for _ in range(rng.integers(3, 7)):
-            spots[tuple(rng.integers(0, s) for s in shape)] = 1.0
-        sigma = rng.uniform(1.0, 2.0)
-        spots = ndimage.gaussian_filter(spots, sigma) * (2 * np.pi * sigma**2) ** (len(shape) / 2)
-        x += spots * q * rng.uniform(1.0, 3.0)
-        x[rng.random(shape) < 0.01] = np.nan
-        line = rng.integers(0, shape[-1])
-        x[..., line] = np.nan
+        if "background" in kinds:
+            x += q * (rng.uniform(0.05, 0.15) + rng.uniform(-0.05, 0.05) * grids[0])
+        if "noise" in kinds:
+            counts = 20.0 / q
+            ok = np.isfinite(x)
+            x[ok] = rng.poisson(np.clip(x[ok], 0, None) * counts) / counts
+        if "spurions" in kinds:
+            spots = np.zeros(shape)
+            for _ in range(rng.integers(3, 7)):
+                spots[tuple(rng.integers(0, s) for s in shape)] = 1.0
+            sigma = rng.uniform(1.0, 2.0)
+            spots = ndimage.gaussian_filter(spots, sigma) * (2 * np.pi * sigma**2) ** (
+                len(shape) / 2
+            )
+            x += spots * q * rng.uniform(1.0, 3.0)
+        if "dead pixels" in kinds:
+            x[rng.random(shape) < 0.01] = np.nan
+            x[..., rng.integers(0, shape[-1])] = np.nan
     return out.astype(np.float32)
 
 

@@ -216,6 +216,15 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "input far out (an Rb2MnF4 mosaic with almost nothing in the instrument's window) "
         "can dominate a set's mean; the median says where the set's typical input lies.",
     ]
+    if "artefacts, background subtracted" in m["applicability"]:
+        out += [
+            "",
+            "Artefacts: the first test spectra (convolved) with counting noise, a background "
+            "of 5-15 % of their 99th-percentile intensity, spurions and dead pixels; then the "
+            "same after `--background` (a background estimated per constant-energy tile and "
+            "subtracted, negative values set to 0), as `classify`, `translate` and "
+            "`applicability` do for a measurement.",
+        ]
     out += _order(m)
     known = m["known_fraction"]
     out += [
