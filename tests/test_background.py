@@ -4,7 +4,12 @@ there is none, masks kept, 1D/2D/3D alike, bad input refused."""
 import numpy as np
 import pytest
 
-from exp2sim.spectra.background import estimate_background, parse_block, subtract_background
+from exp2sim.spectra.background import (
+    background_level,
+    estimate_background,
+    parse_block,
+    subtract_background,
+)
 
 
 def _lines(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -142,3 +147,18 @@ def test_each_layout_names_blocks_of_one_energy():
         assert np.ptp(values, axis=(1, 3)).max() == 0
     assert VolumeLayout(n_h=8, n_k=6, n_e=5).background_block == (8, 6, 1)
     assert CutLayout(n_e=30).background_block == (30,)
+
+
+def test_background_level_is_a_share_of_the_99th_percentile():
+    clean = _lines(3, (40, 60), seed=9)
+    assert np.abs(background_level(clean)).max() < 1e-4
+    levels = _tile_levels(3, (2, 3), seed=10)  # 0.05-0.3 under ridges of peak 1
+    measured = clean + levels
+    got = background_level(measured)
+    q99 = np.percentile(measured.reshape(3, -1), 99, axis=1)
+    # one block for the whole spectrum: at least its lowest tile's level, at most its highest
+    assert np.all(got >= levels.min(axis=(1, 2)) / q99 - 1e-4)
+    assert np.all(got <= levels.max(axis=(1, 2)) / q99)
+    empty = np.zeros((2, 40, 60))
+    empty[1] = np.nan
+    assert np.array_equal(background_level(empty), [0.0, 0.0])

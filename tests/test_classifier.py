@@ -422,7 +422,10 @@ def test_classify_text_says_none_of_the_known_models(trained, tmp_path):
         ["classify", "--model", str(tmp_path / "cls"), str(tmp_path / "mixed.npy")]
         + ["--format", "json"],
     )
-    assert [r["known"] for r in json.loads(res.output)] == known.tolist()
+    # stdout: the JSON; stderr: a note that the flat and the noise spectra seem to sit on a
+    # background (their lowest bins are far from 0)
+    assert [r["known"] for r in json.loads(res.stdout)] == known.tolist()
+    assert "4 of 6 spectra sit on a background" in res.stderr
 
 
 def test_classify_deconvolves_with_a_gan_run_first(cli_model):
@@ -501,7 +504,8 @@ def test_classify_deconvolves_with_a_gan_run_first(cli_model):
 
 def test_classify_subtracts_the_background_first(cli_model):
     """--background BLOCK: the certainties are those of the spectra less
-    `subtract_background` (whose own tests check the estimate), one spectrum or a stack."""
+    `subtract_background` (whose own tests check the estimate), one spectrum or a stack;
+    without it, a note where the spectra seem to sit on a background."""
     from exp2sim.spectra.background import subtract_background
 
     root = cli_model
@@ -518,6 +522,13 @@ def test_classify_subtracts_the_background_first(cli_model):
     expected = clf.certainties(subtract_background(measured, (16, 16)))
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert not np.allclose(got, clf.certainties(measured), atol=1e-3)  # it was subtracted
+    assert "background" not in res.stderr
+    # without the option: the same answer as the library's, and a note that suggests it
+    res = runner.invoke(app, [*args, str(root / "background.npy")])
+    assert "5 of 5 spectra sit on a background" in res.stderr and "--background" in res.stderr
+    np.save(root / "clean.npy", x)
+    res = runner.invoke(app, [*args, str(root / "clean.npy")])
+    assert res.exit_code == 0 and "background" not in res.stderr
     res = runner.invoke(app, [*args, str(root / "background_one.npy"), "--background", "16x16"])
     one = json.loads(res.stdout)
     assert [one["certainties"][c] for c in CLASSES] == pytest.approx(expected[2].tolist())

@@ -59,7 +59,7 @@ def applicability(
             raise ValueError("--repeats and --points must be at least 1")
         dim, axes = _run_dim(run, direction)
         # bad input fails fast, before the calibration
-        sets = {str(p): without_background(_read(p, dim, axes), background) for p in inputs}
+        sets = {str(p): without_background(_read(p, dim, axes), background, dim) for p in inputs}
         # zones calibrated once per run with the defaults: verdicts use each input's mean
         # distance, whose expectation depends on neither repeats, seed nor points
         domain = ApplicabilityDomain.for_run(run, direction, log=note)

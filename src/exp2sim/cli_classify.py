@@ -153,7 +153,7 @@ def _classify(
     clf = DUQClassifier.load(model, device=device)
     file = read_spectra_file(input)
     check_compatible(file, clf.input_shape, clf.axes, str(input))
-    spectra = without_background(file.signal, background)
+    spectra = without_background(file.signal, background, len(clf.input_shape))
     single = spectra.shape == clf.input_shape
     trust = None
     if deconvolve is not None:

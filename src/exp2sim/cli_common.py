@@ -41,16 +41,31 @@ BackgroundOpt = Annotated[
 ]
 
 
-def without_background(spectra: np.ndarray, block: str | None) -> np.ndarray:
-    """`spectra` (*S or (n, *S)) less the background of `--background BLOCK` (None: as
-    they are); exp2sim.spectra.background."""
-    if block is None:
-        return spectra
-    from exp2sim.spectra.background import parse_block, subtract_background
+# a background above this share of the 99th-percentile intensity gets a note: simulated
+# spectra sit at 0-0.3 %, the demo's spectra with artefacts at 3.6-12 %
+BACKGROUND_NOTE = 0.02
 
-    sizes = parse_block(block)
-    single = spectra.ndim == len(sizes)
-    result = subtract_background(spectra[None] if single else spectra, sizes)
+
+def without_background(spectra: np.ndarray, block: str | None, spectrum_ndim: int) -> np.ndarray:
+    """`spectra` (*S or (n, *S); S has `spectrum_ndim` axes) less the background of
+    `--background BLOCK` (exp2sim.spectra.background). Without a block they are returned
+    as they are, with a note on stderr where they seem to sit on a background."""
+    from exp2sim.spectra.background import background_level, parse_block, subtract_background
+
+    single = spectra.ndim == spectrum_ndim
+    if block is None:
+        if np.isfinite(spectra).any() and not np.isinf(spectra).any():
+            levels = background_level(spectra[None] if single else spectra)
+            high = levels[levels > BACKGROUND_NOTE]
+            if len(high):
+                note(
+                    f"note: {len(high)} of {len(levels)} spectra sit on a background (their "
+                    f"lowest bins at {high.min():.0%} to {high.max():.0%} of their "
+                    "99th-percentile intensity; simulations have none): --background BLOCK "
+                    "subtracts it"
+                )
+        return spectra
+    result = subtract_background(spectra[None] if single else spectra, parse_block(block))
     return result[0] if single else result
 
 

@@ -210,7 +210,7 @@ def translate(
         if to_hdf5 and file.source == "mantid-mdhisto":
             raise ValueError(f"{out}: write .npy for a Mantid input (its layout is not NXdata)")
         check_compatible(file, None, translator.axes, str(input), ndim=translator.dim)
-        signal = without_background(file.signal, background)
+        signal = without_background(file.signal, background, translator.dim)
         result = translator(signal)
         if refine:
             from exp2sim.gan.refine import LearnedBlur
