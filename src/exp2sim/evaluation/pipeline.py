@@ -33,7 +33,7 @@ from exp2sim.evaluation.data import (
     cached_paired_parameters,
     simulate_all,
 )
-from exp2sim.evaluation.report import BINS_ROW, REFINED
+from exp2sim.evaluation.report import ARTEFACTS_SUBTRACTED, BINS_ROW, REFINED
 from exp2sim.fileio import write_npy_atomic, write_text_atomic
 from exp2sim.spectra.background import subtract_background
 from exp2sim.spectra.factory import make_layout
@@ -44,7 +44,6 @@ if TYPE_CHECKING:  # torch is imported only when the GAN is needed
 
 MAGNETS = Path(__file__).parent / "magnets"
 NEGATIVE_CONTROL_MAGNETS = (MAGNETS / "square_afm.toml", MAGNETS / "afm_chain.toml")
-ARTEFACTS_SUBTRACTED = "artefacts, background subtracted"
 
 
 class _Cluster:

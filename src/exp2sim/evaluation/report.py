@@ -11,6 +11,7 @@ from exp2sim.fileio import write_text_atomic
 # metrics.json: whether to write them is read from the accuracy tables' rows)
 BINS_ROW = "bins' extent only (exact, no instrument)"  # a reference, not a method
 REFINED = "GAN-deconvolved, refined"  # the GAN's deconvolution, then RL with its kernels
+ARTEFACTS_SUBTRACTED = "artefacts, background subtracted"  # the artefacts after --background
 
 
 def _pct(x: float | None) -> str:
@@ -216,7 +217,7 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "input far out (an Rb2MnF4 mosaic with almost nothing in the instrument's window) "
         "can dominate a set's mean; the median says where the set's typical input lies.",
     ]
-    if "artefacts, background subtracted" in m["applicability"]:
+    if ARTEFACTS_SUBTRACTED in m["applicability"]:
         out += [
             "",
             "Artefacts: the first test spectra (convolved) with counting noise, a background "
