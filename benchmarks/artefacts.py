@@ -31,11 +31,9 @@ from exp2sim.applicability import ApplicabilityDomain
 from exp2sim.classifier import DUQClassifier
 from exp2sim.evaluation import outliers
 from exp2sim.evaluation.config import EvaluationConfig
-from exp2sim.evaluation.data import build_datasets
+from exp2sim.evaluation.data import build_datasets, layout
 from exp2sim.gan.translate import Translator
 from exp2sim.spectra.background import subtract_background
-from exp2sim.spectra.factory import make_layout
-from exp2sim.spectra.generate import SimulationConfig
 
 
 def main() -> None:
@@ -49,7 +47,7 @@ def main() -> None:
     cfg = EvaluationConfig.from_dict(json.loads((args.run / "config.json").read_text()))
     data = build_datasets(cfg, args.run / "data")
     test, labels = data["test_convolved"].signal, data["test_convolved"].labels
-    block = make_layout(SimulationConfig(model=cfg.models[0])).background_block
+    block = layout(cfg).background_block
     domain = ApplicabilityDomain.for_run(
         args.run / "gan",
         "exp2sim",
@@ -98,14 +96,13 @@ def main() -> None:
     every = outliers.with_artefacts(test, seed)
     row("all artefacts", every)
     floor = None if args.keep_negative else 0.0
-    for quantile in (float(q) for q in args.quantiles.split(",")):
+    quantiles = [float(q) for q in args.quantiles.split(",")]
+    for quantile in quantiles:
         subtracted = subtract_background(every, block, quantile=quantile, floor=floor)
         row(f"all, background subtracted (quantile {quantile:g})", subtracted)
-        if quantile == float(args.quantiles.split(",")[0]):
-            row(
-                f"none, 'subtracted' (quantile {quantile:g})",
-                subtract_background(test, block, quantile=quantile, floor=floor),
-            )
+    # what the subtraction does where there is no background (the first quantile)
+    clean = subtract_background(test, block, quantile=quantiles[0], floor=floor)
+    row(f"none, 'subtracted' (quantile {quantiles[0]:g})", clean)
     for kind in outliers.ARTEFACTS:
         row(f"{kind} alone", outliers.with_artefacts(test, seed, kinds=(kind,)))
 

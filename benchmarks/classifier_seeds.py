@@ -43,6 +43,7 @@ from exp2sim.classifier import ClassifierConfig, DUQClassifier
 from exp2sim.evaluation import metrics
 from exp2sim.evaluation.config import EvaluationConfig
 from exp2sim.evaluation.data import build_datasets
+from exp2sim.evaluation.outliers import add_counting_noise, bright_level
 from exp2sim.evaluation.pipeline import (
     outlier_spectra,
     per_classifier,
@@ -79,11 +80,8 @@ def with_noisy_copies(
     for _ in range(copies):
         out = np.array(spectra, dtype=np.float64)
         for x in out:
-            finite = x[np.isfinite(x)]
-            q = float(np.percentile(np.abs(finite[finite != 0]), 99.0))
-            counts = np.exp(rng.uniform(np.log(20.0), np.log(500.0))) / q
-            ok = np.isfinite(x)
-            x[ok] = rng.poisson(np.clip(x[ok], 0, None) * counts) / counts
+            counts = np.exp(rng.uniform(np.log(20.0), np.log(500.0)))
+            add_counting_noise(x, counts / bright_level(x), rng)
         noisy.append(out.astype(spectra.dtype))
     return np.concatenate([spectra, *noisy]), np.concatenate([labels] * (copies + 1))
 
@@ -130,7 +128,7 @@ def main() -> None:
             # per set, from one pass each: the share called known, and (threshold-free) how
             # well the novelty distance alone tells the set from the classifier's own test
             # set (truth, the first), as ROC AUC
-            answers = {k: clf.results(x) for k, x in {**sets[direction], **outliers}.items()}
+            answers = {k: clf.results(v) for k, v in {**sets[direction], **outliers}.items()}
             known[direction].append(
                 {k: float(np.mean([r["known"] for r in rs])) for k, rs in answers.items()}
             )

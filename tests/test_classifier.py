@@ -523,8 +523,10 @@ def test_classify_subtracts_the_background_first(cli_model):
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert not np.allclose(got, clf.certainties(measured), atol=1e-3)  # it was subtracted
     assert "background" not in res.stderr
-    # without the option: the same answer as the library's, and a note that suggests it
+    # without the option: the spectra as they are, and a note that suggests it
     res = runner.invoke(app, [*args, str(root / "background.npy")])
+    raw = [[r["certainties"][c] for c in CLASSES] for r in json.loads(res.stdout)]
+    np.testing.assert_allclose(raw, clf.certainties(measured), atol=1e-6)
     assert "5 of 5 spectra sit on a background" in res.stderr and "--background" in res.stderr
     np.save(root / "clean.npy", x)
     res = runner.invoke(app, [*args, str(root / "clean.npy")])

@@ -350,7 +350,7 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     assert np.isfinite(m["fidelity_deconvolution"]["GAN, refined"]["psnr"])
     assert np.isfinite(m["fidelity_convolution"][BINS_ROW]["psnr"])
     assert set(m["applicability"]) >= {"digits", "photographs", "Rb2MnF4", "negative control"}
-    from exp2sim.evaluation.pipeline import ARTEFACTS_SUBTRACTED
+    from exp2sim.evaluation.report import ARTEFACTS_SUBTRACTED
 
     assert {"artefacts", ARTEFACTS_SUBTRACTED} <= set(m["applicability"])
     for summary in m["applicability"].values():  # a median lies within one std of the mean

@@ -372,8 +372,8 @@ def test_order_of_the_applicability_distances():
     """The target's order of the sets (pipeline.APPLICABILITY_ORDER) on two demo runs'
     median distances (demo42's as in the README's table, demo45's from its metrics.json):
     demo42's follow it, demo45's break it twice."""
-    from exp2sim.evaluation.pipeline import APPLICABILITY_ORDER, ARTEFACTS_SUBTRACTED
-    from exp2sim.evaluation.report import _order
+    from exp2sim.evaluation.pipeline import APPLICABILITY_ORDER
+    from exp2sim.evaluation.report import ARTEFACTS_SUBTRACTED, _order
 
     names = ["training set", "test (convolved)", "test (unconvolved)", "artefacts"]
     names += ["Rb2MnF4", "negative control", "photographs", "digits"]

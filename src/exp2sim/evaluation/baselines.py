@@ -226,7 +226,7 @@ class ResolutionBlur:
         if at not in ("mean", "centre"):
             raise ValueError(f"at must be 'mean' or 'centre', got {at!r}")
         if isinstance(layout, MosaicLayout):
-            tile, axes, vary = layout.background_block, ("h", "k"), None
+            tile, axes, vary = (layout.n_q, layout.n_q), ("h", "k"), None
         elif isinstance(layout, VolumeLayout):
             tile, axes, vary = layout.shape, ("h", "k", "e"), 2
         elif isinstance(layout, CutLayout):

@@ -18,6 +18,7 @@ import numpy as np
 
 from exp2sim.evaluation.config import EvaluationConfig
 from exp2sim.spectra.dataset import read_dataset
+from exp2sim.spectra.factory import make_layout
 from exp2sim.spectra.generate import (
     DaskClient,
     Job,
@@ -26,6 +27,7 @@ from exp2sim.spectra.generate import (
     run_jobs,
     stable_on,
 )
+from exp2sim.spectra.layout import MosaicLayout
 
 Progress = Callable[[str, int, int], None]  # (label, done, total)
 
@@ -53,6 +55,11 @@ def _sim_config(cfg: EvaluationConfig, model: str, resolution: str, n: int, seed
         n_mc=cfg.n_mc,
         spread=cfg.spread,
     )
+
+
+def layout(cfg: EvaluationConfig) -> MosaicLayout:
+    """The layout of the evaluation's spectra (the PCSMO experiment's MAPS mosaic)."""
+    return make_layout(_sim_config(cfg, cfg.models[0], "none", 1, cfg.seed))
 
 
 def simulate(

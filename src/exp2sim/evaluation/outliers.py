@@ -32,11 +32,24 @@ PHOTOGRAPHS = (
 )
 
 
+def bright_level(spectra: np.ndarray) -> float:
+    """The 99th percentile of |intensity| over the unmasked non-zero bins of `spectra`
+    (any shape): the scale every artefact and out-of-distribution image is set against."""
+    finite = spectra[np.isfinite(spectra)]
+    return float(np.percentile(np.abs(finite[finite != 0]), 99.0))
+
+
+def add_counting_noise(spectrum: np.ndarray, counts: float, rng: np.random.Generator) -> None:
+    """Replace the unmasked bins of `spectrum` (any shape, float, in place) by Poisson
+    counts at `counts` counts per unit of intensity, in the same units."""
+    ok = np.isfinite(spectrum)
+    spectrum[ok] = rng.poisson(np.clip(spectrum[ok], 0, None) * counts) / counts
+
+
 def _like_spectra(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Images (n, *S) in [0, 1] -> intensities with the reference spectra's 99th
     percentile and NaN where the reference (n_ref, *S) is masked in every spectrum."""
-    finite = reference[np.isfinite(reference)]
-    q = float(np.percentile(np.abs(finite[finite != 0]), 99.0))
+    q = bright_level(reference)
     mask = np.isnan(reference).all(axis=0)
     out = (images * q).astype(np.float32)
     out[:, mask] = np.nan
@@ -113,14 +126,11 @@ def with_artefacts(
     shape = out.shape[1:]
     grids = np.meshgrid(*[np.linspace(0, 1, s) for s in shape], indexing="ij")
     for x in out:
-        finite = x[np.isfinite(x)]
-        q = float(np.percentile(np.abs(finite[finite != 0]), 99.0))
+        q = bright_level(x)
         if "background" in kinds:
             x += q * (rng.uniform(0.05, 0.15) + rng.uniform(-0.05, 0.05) * grids[0])
         if "noise" in kinds:
-            counts = 20.0 / q
-            ok = np.isfinite(x)
-            x[ok] = rng.poisson(np.clip(x[ok], 0, None) * counts) / counts
+            add_counting_noise(x, 20.0 / q, rng)
         if "spurions" in kinds:
             spots = np.zeros(shape)
             for _ in range(rng.integers(3, 7)):

@@ -31,12 +31,12 @@ from exp2sim.evaluation.data import (
     Labelled,
     build_datasets,
     cached_paired_parameters,
+    layout,
     simulate_all,
 )
 from exp2sim.evaluation.report import ARTEFACTS_SUBTRACTED, BINS_ROW, REFINED
 from exp2sim.fileio import write_npy_atomic, write_text_atomic
 from exp2sim.spectra.background import subtract_background
-from exp2sim.spectra.factory import make_layout
 from exp2sim.spectra.generate import SimulationConfig
 
 if TYPE_CHECKING:  # torch is imported only when the GAN is needed
@@ -160,11 +160,10 @@ def outlier_spectra(
     )
     rb2mnf4 = sources[0]
     artefacts = outliers.with_artefacts(data["test_convolved"].signal[:n], seed)
-    block = make_layout(job(cfg.models[0], 1, 0)[0]).background_block
     return {
         "artefacts": artefacts,
         # what a user does with a measurement first: exp2sim classify ... --background
-        ARTEFACTS_SUBTRACTED: subtract_background(artefacts, block),
+        ARTEFACTS_SUBTRACTED: subtract_background(artefacts, layout(cfg).background_block),
         "Rb2MnF4": rb2mnf4,
         "negative control": outliers.negative_control(sources, n, blocks=6, seed=seed),
         "photographs": outliers.photographs(n, reference, seed),
