@@ -22,6 +22,7 @@ from exp2sim.classifier import (
     normalise,
 )
 from exp2sim.cli import app
+from exp2sim.spectra.noise import with_counting_noise
 
 runner = CliRunner()
 SHAPE = (32, 48)  # energy x q of the synthetic spectra
@@ -203,6 +204,27 @@ def test_learns_with_the_penalty_on_a_quarter_of_each_batch():
     assert clf.certainties(noise).max(1).mean() < k.max(1).mean() - 0.2
 
 
+def test_noisy_copies_teach_the_classifier_to_name_noisy_spectra(trained):
+    """noise_copies = 2 (counting noise at 2-50 counts at each spectrum's bright level):
+    fresh spectra with 3 counts there are named right far more often, in as many optimiser
+    steps as `trained` (the same settings without copies; 5 epochs of 3x the spectra).
+    Measured: 80.5 % without, 96.0 % with (seeds 4, 5: 94.5-99.0 / 92.5 % with)."""
+    x, y = dispersions(160, seed=0)
+    fresh, labels = dispersions(200, seed=1)
+    noisy = with_counting_noise(fresh, (3.0, 3.0), np.random.default_rng(5))
+    config = dataclasses.replace(trained.config, epochs=5, noise_copies=2, noise_counts=(2.0, 50.0))
+    clf = DUQClassifier(config).fit(x, y, CLASSES)
+    with_copies = np.mean(clf.predict(noisy) == labels)
+    without = np.mean(trained.predict(noisy) == labels)
+    assert with_copies >= 0.9 and with_copies >= without + 0.1
+    assert np.mean(clf.predict(fresh) == labels) >= 0.9
+    # the held-out spectra get no copies; the optimiser steps are those of `trained`
+    last, plain = clf.history[-1], trained.history[-1]
+    assert last["n_train"] == 3 * plain["n_train"] and last["n_val"] == plain["n_val"]
+    steps = [-(-h["n_train"] // 16) * h["epochs"] for h in (last, plain)]
+    assert steps[0] == steps[1]
+
+
 # ---------------------------------------------------------------- the estimator
 
 
@@ -324,6 +346,11 @@ def test_bad_input_gives_one_line_errors(trained, tmp_path):
         ClassifierConfig(gamma=0.0)
     with pytest.raises(ValueError, match="penalty_batch"):
         ClassifierConfig(penalty_batch=-1)
+    with pytest.raises(ValueError, match="noise_copies"):
+        ClassifierConfig(noise_copies=-1)
+    for counts in ((0.0, 10.0), (50.0, 20.0), (20.0,)):
+        with pytest.raises(ValueError, match="noise_counts"):
+            ClassifierConfig(noise_counts=counts)
 
 
 # ---------------------------------------------------------------- the command

@@ -30,6 +30,7 @@ from exp2sim.gan.checkpoint import load_state, read_info, save_state
 from exp2sim.gan.normalisation import IntensityScale
 from exp2sim.gan.train import pick_device
 from exp2sim.settings import from_dict
+from exp2sim.spectra.noise import with_counting_noise
 
 WEIGHTS = "classifier.safetensors"
 CONFIG = "config.json"
@@ -68,6 +69,13 @@ class ClassifierConfig:
     lr: float = 1e-3  # AdamW
     weight_decay: float = 1e-4
     val_fraction: float = 0.1  # held out of each class for the reported accuracy
+    # Extra copies of each training spectrum with counting noise (Poisson; a level per
+    # copy drawn log-uniformly from `noise_counts` counts at the spectrum's 99th
+    # percentile, exp2sim.spectra.noise), to teach a classifier of experiment-like spectra
+    # that noise is not what tells the models apart. The optimiser steps stay as they are
+    # (`min_steps`). 0: none. Held-out spectra get no copies.
+    noise_copies: int = 0
+    noise_counts: tuple[float, float] = (20.0, 500.0)
     seed: int = 0
     device: str = "auto"  # auto, cpu or cuda
     # inputs and decisions
@@ -79,6 +87,7 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
+        self.noise_counts = tuple(float(c) for c in self.noise_counts)
         self.pool = tuple(int(p) for p in self.pool)
         positive = ("features", "centroid_size", "epochs", "batch_size", "sigma", "lr")
         positive += ("stem", "penalty_size")
@@ -94,6 +103,13 @@ class ClassifierConfig:
         if self.gradient_penalty < 0 or self.weight_decay < 0 or self.penalty_batch < 0:
             raise ValueError(
                 "gradient_penalty, penalty_batch and weight_decay must not be negative"
+            )
+        if self.noise_copies < 0:
+            raise ValueError(f"noise_copies must not be negative, got {self.noise_copies}")
+        low_high = len(self.noise_counts) == 2 and 0 < self.noise_counts[0]
+        if not (low_high and self.noise_counts[0] <= self.noise_counts[1]):
+            raise ValueError(
+                f"noise_counts must be (low, high) with 0 < low <= high, got {self.noise_counts}"
             )
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
@@ -223,11 +239,21 @@ class DUQClassifier:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.network = self._build().to(self.device)
-        z, measured = normalise(spectra, cfg.percentile, cfg.compression)
         val = _split(labels, len(classes), cfg.val_fraction, cfg.seed)
-        z_t, m_t = torch.from_numpy(z), torch.from_numpy(measured)
-        y_t = torch.from_numpy(labels.astype(np.int64))
         train_idx = np.flatnonzero(~val)
+        # rows: the spectra, then `noise_copies` noisy copies of the training ones;
+        # origin: the spectrum each row comes from
+        noise = np.random.default_rng(cfg.seed + 2)
+        copies = [
+            with_counting_noise(spectra[train_idx], cfg.noise_counts, noise)
+            for _ in range(cfg.noise_copies)
+        ]
+        origin = np.concatenate([np.arange(len(spectra))] + [train_idx] * cfg.noise_copies)
+        train_idx = np.concatenate([train_idx, np.arange(len(spectra), len(origin))])
+        val = np.concatenate([val, np.zeros(len(origin) - len(spectra), bool)])
+        z, measured = normalise(np.concatenate([spectra, *copies]), cfg.percentile, cfg.compression)
+        z_t, m_t = torch.from_numpy(z), torch.from_numpy(measured)
+        y_t = torch.from_numpy(labels[origin].astype(np.int64))
         optimiser = torch.optim.AdamW(
             self.network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
@@ -256,16 +282,16 @@ class DUQClassifier:
             }
             if val.any():
                 k = self._kernel(z_t[val], m_t[val])
-                entry["val_accuracy"] = float((k.argmax(1) == labels[val]).mean())
+                entry["val_accuracy"] = float((k.argmax(1) == labels[origin[val]]).mean())
             entry["seconds"] = time.perf_counter() - start
             self.history.append(entry)
             if progress is not None:
                 progress(entry)
-        self.novelty = self._fit_novelty(z_t, m_t, val)
+        self.novelty = self._fit_novelty(z_t, m_t, val, origin)
         return self
 
     def _fit_novelty(
-        self, z: torch.Tensor, measured: torch.Tensor, val: np.ndarray
+        self, z: torch.Tensor, measured: torch.Tensor, val: np.ndarray, origin: np.ndarray
     ) -> dict[str, Any] | None:
         """Mean and Ledoit-Wolf-shrunk precision of the training spectra's features, and
         the limit of "known": the `novelty_quantile` of distances measured out of fit (each
@@ -291,7 +317,13 @@ class DUQClassifier:
             shrunk = LedoitWolf().fit(f)
             return {"location": shrunk.location_, "precision": shrunk.precision_}
 
-        halves = (features[0::2], features[1::2])
+        # alternate training spectra, each with its noisy copies: a copy lies near its
+        # spectrum and must not be measured against statistics that hold it
+        spectra = origin[train][origin[train] == train]  # the originals, in order
+        parity = np.zeros(len(origin), int)
+        parity[spectra] = np.arange(len(spectra)) % 2
+        half = parity[origin[train]] == 0
+        halves = (features[half], features[~half])
         out_of_fit = np.concatenate([_mahalanobis(halves[1 - i], **fit(halves[i])) for i in (0, 1)])
         novelty = fit(features)
         limit = float(np.quantile(out_of_fit, self.config.novelty_quantile))

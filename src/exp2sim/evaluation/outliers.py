@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from exp2sim.spectra.noise import add_counting_noise, bright_level
+
 # natural photographs bundled with scikit-image (no download needed)
 PHOTOGRAPHS = (
     "astronaut",
@@ -30,20 +32,6 @@ PHOTOGRAPHS = (
     "retina",
     "cell",
 )
-
-
-def bright_level(spectra: np.ndarray) -> float:
-    """The 99th percentile of |intensity| over the unmasked non-zero bins of `spectra`
-    (any shape): the scale every artefact and out-of-distribution image is set against."""
-    finite = spectra[np.isfinite(spectra)]
-    return float(np.percentile(np.abs(finite[finite != 0]), 99.0))
-
-
-def add_counting_noise(spectrum: np.ndarray, counts: float, rng: np.random.Generator) -> None:
-    """Replace the unmasked bins of `spectrum` (any shape, float, in place) by Poisson
-    counts at `counts` counts per unit of intensity, in the same units."""
-    ok = np.isfinite(spectrum)
-    spectrum[ok] = rng.poisson(np.clip(spectrum[ok], 0, None) * counts) / counts
 
 
 def _like_spectra(images: np.ndarray, reference: np.ndarray) -> np.ndarray:
