@@ -100,7 +100,7 @@ def main() -> None:
         for direction, train in training.items():
             t0 = time.perf_counter()
             config = ClassifierConfig.from_dict(
-                {**cfg.classifier, **changes, "seed": seed, "device": cfg.device}
+                {**cfg.classifier_config(direction, seed), **changes}
             )
             clf = DUQClassifier(config).fit(train.signal, train.labels, list(train.classes))
             one = score_sets([clf], sets[direction], test.labels)

@@ -40,10 +40,28 @@ def test_presets_make_valid_gan_and_classifier_configs(name):
     cfg = load_config(name)
     gan = load_preset(cfg.gan_preset).replace(**cfg.gan)
     assert gan.min_crop() <= gan.crop
-    ClassifierConfig(**cfg.classifier)
+    for direction in ("unconvolved", "convolved"):
+        ClassifierConfig.from_dict(cfg.classifier_config(direction))
     assert set(cfg.volume) <= set(VOLUME_DEFAULTS)
     if cfg.volume:
         load_preset(cfg.gan_preset).replace(**{**cfg.gan, **cfg.volume["gan"]})
+
+
+def test_classifier_settings_per_direction():
+    """[classifier] for both classifiers, [classifier_convolved] after it for the one on
+    convolved spectra; the seed is the evaluation's (or the member's)."""
+    cfg = EvaluationConfig(
+        seed=4, classifier={"epochs": 3}, classifier_convolved={"penalty_batch": 4, "epochs": 5}
+    )
+    assert cfg.classifier_config("unconvolved") == {"seed": 4, "device": "auto", "epochs": 3}
+    assert cfg.classifier_config("convolved", 6) == {
+        "seed": 6,
+        "device": "auto",
+        "epochs": 5,
+        "penalty_batch": 4,
+    }
+    with pytest.raises(ValueError, match="unknown direction"):
+        cfg.classifier_config("sideways")
 
 
 def test_paper_smoke_config_runs_the_paper_networks_on_a_few_spectra():
@@ -77,6 +95,7 @@ def test_paper_smoke_config_runs_the_paper_networks_on_a_few_spectra():
         ("spread = 1.5\n", "spread must be in"),
         ("refine_iterations = -1\n", "refine_iterations must be at least 0"),
         ("classifier_seeds = 0\n", "classifier_seeds must be at least 1"),
+        ("[classifier_convolved]\nseed = 3\n", "classifier_convolved must not set a seed"),
         ("n_test = [\n", "not valid TOML"),
     ],
 )
@@ -143,6 +162,8 @@ def test_config_problems_are_found_before_any_work(tmp_path):
         check_config(EvaluationConfig(gan={"ngff": 3}), tmp_path)
     with pytest.raises(ValueError, match="unknown classifier setting.*epoch"):
         check_config(EvaluationConfig(classifier={"epoch": 3}), tmp_path)
+    with pytest.raises(ValueError, match="unknown classifier setting.*copies"):
+        check_config(EvaluationConfig(classifier_convolved={"copies": 3}), tmp_path)
     assert not (tmp_path / "config.json").exists()
 
 
@@ -247,6 +268,8 @@ iterations_per_epoch = 8
 [classifier]
 epochs = 2
 min_steps = 0
+[classifier_convolved]
+penalty_batch = 2  # the convolved classifiers only, checked here
 [volume]
 shape = [16, 16, 16]
 n_train = 3
@@ -427,6 +450,12 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     m2 = json.loads((out / "metrics.json").read_text())
     assert m2["accuracy_classifier_unconvolved"] == m["accuracy_classifier_unconvolved"]
     assert {p: p.stat().st_mtime_ns for p in kept} == stamps
+    # [classifier_convolved] reaches the classifiers trained on convolved spectra only
+    for folder in ("classifier-convolved", "classifier-seeds/convolved-1"):
+        saved = json.loads((out / folder / "config.json").read_text())
+        assert (saved["penalty_batch"], saved["epochs"]) == (2, 2)
+    saved = json.loads((out / "classifier-unconvolved" / "config.json").read_text())
+    assert (saved["penalty_batch"], saved["epochs"], saved["seed"]) == (0, 2, 0)
 
 
 def test_a_reused_dataset_must_match_the_settings(tmp_path):

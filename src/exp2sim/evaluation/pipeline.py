@@ -39,7 +39,8 @@ from exp2sim.fileio import write_npy_atomic, write_text_atomic
 from exp2sim.spectra.background import subtract_background
 from exp2sim.spectra.generate import SimulationConfig
 
-if TYPE_CHECKING:  # torch is imported only when the GAN is needed
+if TYPE_CHECKING:  # torch is imported only when the GAN or a classifier is needed
+    from exp2sim.classifier import ClassifierConfig, DUQClassifier
     from exp2sim.gan.translate import Translator
 
 MAGNETS = Path(__file__).parent / "magnets"
@@ -109,7 +110,8 @@ def check_config(cfg: EvaluationConfig, out: Path) -> None:
     gan = gan_config(cfg, cfg.gan)
     if cfg.volume:
         gan_config(cfg, volume_gan(cfg, cfg.volume.get("gan", {})))
-    ClassifierConfig.from_dict(cfg.classifier)
+    for direction in ("unconvolved", "convolved"):
+        ClassifierConfig.from_dict(cfg.classifier_config(direction))
     n_a = cfg.n_train_convolved * len(cfg.models)
     n_gan_train = n_a - max(1, round(gan.val_fraction * n_a))
     if cfg.applicability_points > n_gan_train:
@@ -225,31 +227,30 @@ def train_classifiers(
     seeds = [cfg.seed + i for i in range(cfg.classifier_seeds)]
     folders += [out / "classifier-seeds" / f"{direction}-{seed}" for seed in seeds[1:]]
     label = f"classifier ({direction})"
+    from exp2sim.classifier import ClassifierConfig
+
     return [
         train_classifier(
-            cfg, train, folder, stages, label if i == 0 else f"{label}, seed {seed}", seed
+            ClassifierConfig.from_dict(cfg.classifier_config(direction, seed)),
+            train,
+            folder,
+            stages,
+            label if i == 0 else f"{label}, seed {seed}",
         )
         for i, (folder, seed) in enumerate(zip(folders, seeds, strict=True))
     ]
 
 
 def train_classifier(
-    cfg: EvaluationConfig,
-    train: Labelled,
-    folder: Path,
-    stages: Stages,
-    label: str,
-    seed: int | None = None,
-):
-    """Train (or reuse) a DUQ classifier on labelled spectra, saved in `folder`; seed
-    None: the run's."""
-    from exp2sim.classifier import ClassifierConfig, DUQClassifier
+    config: ClassifierConfig, train: Labelled, folder: Path, stages: Stages, label: str
+) -> DUQClassifier:
+    """Train (or reuse) a DUQ classifier with `config` on labelled spectra, saved in
+    `folder`."""
+    from exp2sim.classifier import DUQClassifier
 
     if (folder / "config.json").exists():
         with contextlib.suppress(ValueError):
             return DUQClassifier.load(folder)
-    seed = cfg.seed if seed is None else seed
-    config = ClassifierConfig.from_dict({"seed": seed, "device": cfg.device, **cfg.classifier})
     with stages.bar(label) as update:
         model = DUQClassifier(config).fit(
             train.signal,
