@@ -223,7 +223,15 @@ PRESETS: dict[str, dict] = {
             "head": 3,
             "crop": 16,
             "d_layers": 2,
-            "lr": 2e-4,
+            # 3e-4 rather than 2e-4: at 2e-4 the GAN of the evaluation's seed 1 was still
+            # learning when its 1,500 iterations ended (Sim2Exp's held-out Frechet distance
+            # 0.738, seed 0's 0.149) and convolved less faithfully than the blur (29.18
+            # against 30.32 dB). At 3e-4 (demo55s1, demo56; the same data and classifiers):
+            # seed 1 0.106 and 30.52 dB, seed 0 0.135 and 30.96 dB (2e-4: 31.12; blur 30.81),
+            # convolution gap closed 120 % (blur 120 %; at 2e-4 80 %) and 100 % (86.7 %;
+            # the same at 2e-4); the applicability order by median: 1 pair out on each
+            # (at 2e-4: 1 and 2). Two seeds, one run each.
+            "lr": 3e-4,
             "epochs": 6,
             "epochs_decay": 4,
             "iterations_per_epoch": 150,
