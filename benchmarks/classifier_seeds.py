@@ -40,7 +40,7 @@ import numpy as np
 
 from exp2sim.classifier import ClassifierConfig, DUQClassifier
 from exp2sim.evaluation import metrics
-from exp2sim.evaluation.config import EvaluationConfig
+from exp2sim.evaluation.config import DIRECTIONS, EvaluationConfig
 from exp2sim.evaluation.data import build_datasets
 from exp2sim.evaluation.pipeline import (
     outlier_spectra,
@@ -88,14 +88,14 @@ def main() -> None:
     # per direction: the training set and the sets the report scores, in its order
     sets = scored_sets(test.signal, test_conv.signal, t)
     outliers = outlier_spectra(cfg, data, args.run / "data", None, None)  # simulated by the run
-    known: dict[str, list[dict[str, float]]] = {"unconvolved": [], "convolved": []}
-    auc: dict[str, list[dict[str, float]]] = {"unconvolved": [], "convolved": []}
-    training = {"unconvolved": data["train"], "convolved": data["train_convolved"]}
     directions = args.directions.split(",")
-    if not set(directions) <= set(training) or not directions:
-        raise SystemExit(f"--directions: choose from {', '.join(training)}")
-    training = {d: training[d] for d in directions}
-    runs: dict[str, list] = {direction: [] for direction in training}  # score_sets' per seed
+    if not set(directions) <= set(DIRECTIONS):
+        raise SystemExit(f"--directions: choose from {', '.join(DIRECTIONS)}")
+    split = {"unconvolved": "train", "convolved": "train_convolved"}
+    training = {d: data[split[d]] for d in directions}
+    known: dict[str, list[dict[str, float]]] = {d: [] for d in training}
+    auc: dict[str, list[dict[str, float]]] = {d: [] for d in training}
+    runs: dict[str, list] = {d: [] for d in training}  # score_sets' per seed
     for seed in seeds:
         for direction, train in training.items():
             t0 = time.perf_counter()

@@ -208,7 +208,7 @@ def test_noisy_copies_teach_the_classifier_to_name_noisy_spectra(trained):
     """noise_copies = 2 (counting noise at 2-50 counts at each spectrum's bright level):
     fresh spectra with 3 counts there are named right far more often, in as many optimiser
     steps as `trained` (the same settings without copies; 5 epochs of 3x the spectra).
-    Measured: 80.5 % without, 96.0 % with (seeds 4, 5: 94.5-99.0 / 92.5 % with)."""
+    Measured: 80.5 % without, 96.0 % with (with copies and seeds 4, 5: 99.0, 92.5 %)."""
     x, y = dispersions(160, seed=0)
     fresh, labels = dispersions(200, seed=1)
     noisy = with_counting_noise(fresh, (3.0, 3.0), np.random.default_rng(5))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from exp2sim.evaluation import outliers
-from exp2sim.evaluation.config import EvaluationConfig, load_config
+from exp2sim.evaluation.config import DIRECTIONS, EvaluationConfig, load_config
 
 
 def _reference(n: int = 6, shape: tuple[int, ...] = (60, 40), seed: int = 0) -> np.ndarray:
@@ -40,7 +40,7 @@ def test_presets_make_valid_gan_and_classifier_configs(name):
     cfg = load_config(name)
     gan = load_preset(cfg.gan_preset).replace(**cfg.gan)
     assert gan.min_crop() <= gan.crop
-    for direction in ("unconvolved", "convolved"):
+    for direction in DIRECTIONS:
         ClassifierConfig.from_dict(cfg.classifier_config(direction))
     assert set(cfg.volume) <= set(VOLUME_DEFAULTS)
     if cfg.volume:

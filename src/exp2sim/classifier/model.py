@@ -70,7 +70,7 @@ class ClassifierConfig:
     weight_decay: float = 1e-4
     val_fraction: float = 0.1  # held out of each class for the reported accuracy
     # Extra copies of each training spectrum with counting noise (Poisson; a level per
-    # copy drawn log-uniformly from `noise_counts` counts at the spectrum's 99th
+    # spectrum and copy drawn log-uniformly from `noise_counts` counts at its 99th
     # percentile, exp2sim.spectra.noise), to teach a classifier of experiment-like spectra
     # that noise is not what tells the models apart. The optimiser steps stay as they are
     # (`min_steps`). 0: none. Held-out spectra get no copies. On the demo's convolved
@@ -321,9 +321,9 @@ class DUQClassifier:
 
         # alternate training spectra, each with its noisy copies: a copy lies near its
         # spectrum and must not be measured against statistics that hold it
-        spectra = origin[train][origin[train] == train]  # the originals, in order
+        originals = train[origin[train] == train]  # rows that are no copy, in order
         parity = np.zeros(len(origin), int)
-        parity[spectra] = np.arange(len(spectra)) % 2
+        parity[originals] = np.arange(len(originals)) % 2
         half = parity[origin[train]] == 0
         halves = (features[half], features[~half])
         out_of_fit = np.concatenate([_mahalanobis(halves[1 - i], **fit(halves[i])) for i in (0, 1)])

@@ -21,6 +21,9 @@ from pathlib import Path
 
 from exp2sim.settings import from_dict, read_toml
 
+# the classifiers of an evaluation: one trained on each kind of spectra
+DIRECTIONS = ("unconvolved", "convolved")
+
 
 @dataclass
 class EvaluationConfig:
@@ -112,8 +115,8 @@ class EvaluationConfig:
     def classifier_config(self, direction: str, seed: int | None = None) -> dict:
         """The ClassifierConfig settings of the classifier trained on `direction`'s
         spectra ("unconvolved" or "convolved") with `seed` (None: the run's)."""
-        if direction not in ("unconvolved", "convolved"):
-            raise ValueError(f"unknown direction {direction!r}: unconvolved or convolved")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}: {' or '.join(DIRECTIONS)}")
         own = self.classifier_convolved if direction == "convolved" else {}
         seed = self.seed if seed is None else seed
         return {"seed": seed, "device": self.device, **self.classifier, **own}

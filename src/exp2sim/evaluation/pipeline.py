@@ -26,7 +26,7 @@ from rich.console import Console
 
 from exp2sim.cli_common import progress_bar
 from exp2sim.evaluation import outliers
-from exp2sim.evaluation.config import EvaluationConfig
+from exp2sim.evaluation.config import DIRECTIONS, EvaluationConfig
 from exp2sim.evaluation.data import (
     Labelled,
     build_datasets,
@@ -110,7 +110,7 @@ def check_config(cfg: EvaluationConfig, out: Path) -> None:
     gan = gan_config(cfg, cfg.gan)
     if cfg.volume:
         gan_config(cfg, volume_gan(cfg, cfg.volume.get("gan", {})))
-    for direction in ("unconvolved", "convolved"):
+    for direction in DIRECTIONS:
         ClassifierConfig.from_dict(cfg.classifier_config(direction))
     n_a = cfg.n_train_convolved * len(cfg.models)
     n_gan_train = n_a - max(1, round(gan.val_fraction * n_a))
@@ -223,12 +223,12 @@ def train_classifiers(
     """Train (or reuse) `cfg.classifier_seeds` DUQ classifiers on one direction's training
     spectra ("unconvolved" or "convolved"): seed cfg.seed in out/classifier-DIRECTION/ (the
     one `classify --model` uses), the others in out/classifier-seeds/DIRECTION-SEED/."""
+    from exp2sim.classifier import ClassifierConfig
+
     folders = [out / f"classifier-{direction}"]
     seeds = [cfg.seed + i for i in range(cfg.classifier_seeds)]
     folders += [out / "classifier-seeds" / f"{direction}-{seed}" for seed in seeds[1:]]
     label = f"classifier ({direction})"
-    from exp2sim.classifier import ClassifierConfig
-
     return [
         train_classifier(
             ClassifierConfig.from_dict(cfg.classifier_config(direction, seed)),

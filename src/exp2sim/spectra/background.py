@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from exp2sim.spectra.noise import bright_level
+
 # demo49's 80 test spectra with artefacts, 40 x 40 tiles, negative values set to 0: the
 # quantiles 0.02 / 0.05 / 0.1 gave 91.2 / 92.5 / 92.5 % through the GAN (none subtracted:
 # 77.5 %, no artefacts: 97.5 %); on the clean spectra 0.05 estimates on average 0.5 % of
@@ -92,11 +94,8 @@ def background_level(spectra: np.ndarray) -> np.ndarray:
     at most 0.3 %); the demo's spectra with artefacts 3.6-12 %."""
     x = np.asarray(spectra, dtype=np.float64)
     level = estimate_background(x, x.shape[1:]).reshape(len(x), -1)[:, 0]
-    lit = np.where(np.isfinite(x) & (x != 0), np.abs(x), np.nan).reshape(len(x), -1)
-    some = ~np.isnan(lit).all(axis=1)  # others: nothing lit, level 0
-    scale = np.ones(len(x))
-    scale[some] = np.nanpercentile(lit[some], 99.0, axis=1)
-    return level / scale
+    scale = np.array([bright_level(spectrum) for spectrum in x])
+    return level / np.where(scale > 0, scale, 1.0)  # nothing lit: level 0
 
 
 def subtract_background(

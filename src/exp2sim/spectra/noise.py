@@ -2,8 +2,9 @@
 
 A measured bin holds N neutrons, Poisson-distributed about the true intensity times the
 counts per unit of intensity. The level is given as counts at a spectrum's bright level
-(the 99th percentile of its |intensity|), so it reads the same for any intensity units:
-20 counts there is a short MAPS run, 500 a long one.
+(the 99th percentile of its |intensity|), so it reads the same for any intensity units
+(the evaluation's artefact spectra have 20 counts there; `ClassifierConfig.noise_counts`
+draws from 20-500 by default).
 """
 
 from __future__ import annotations
