@@ -51,6 +51,7 @@ from exp2sim.evaluation.pipeline import (
 )
 
 MEASURES = ("accuracy", "certainty", "margin")
+CHECKS = ("residual", "novelty")  # DUQClassifier.results' distances beside the certainties
 
 
 def pct(x: float | None) -> str:
@@ -106,19 +107,22 @@ def main() -> None:
             one = score_sets([clf], sets[direction], test.labels)
             runs[direction].append(one)
             # per set, from one pass each: the share called known, and (threshold-free) how
-            # well the novelty distance alone tells the set from the classifier's own test
-            # set (truth, the first), as ROC AUC
+            # well each distance that decides "known" (the input's residual, the features'
+            # novelty distance) alone tells the set from the classifier's own test set
+            # (truth, the first), as ROC AUC
             answers = {k: clf.results(v) for k, v in {**sets[direction], **outliers}.items()}
             known[direction].append(
                 {k: float(np.mean([r["known"] for r in rs])) for k, rs in answers.items()}
             )
-            distance = {k: np.array([r["novelty"] for r in rs]) for k, rs in answers.items()}
-            truth, *others = distance
-            auc[direction].append(
-                {k: metrics.roc_auc(distance[truth], distance[k]) for k in others}
-                if clf.novelty is not None
-                else {}
-            )
+            auc[direction].append({})
+            for key in CHECKS:
+                if key not in answers[next(iter(answers))][0]:
+                    continue
+                distance = {k: np.array([r[key] for r in rs]) for k, rs in answers.items()}
+                truth, *others = distance
+                auc[direction][-1].update(
+                    {(key, k): metrics.roc_auc(distance[truth], distance[k]) for k in others}
+                )
             own = per_classifier(one, tuple(sets[direction])[2:])
             row = "; ".join(
                 f"{k} {own['mean']['accuracy'][k][0]:.1%} / "
@@ -139,8 +143,8 @@ def main() -> None:
                 flush=True,
             )
             print(
-                "  novelty distance, ROC AUC against the own test set: "
-                + "; ".join(f"{k} {v:.3f}" for k, v in auc[direction][-1].items()),
+                "  ROC AUC against the own test set: "
+                + "; ".join(f"{k} by {key} {v:.3f}" for (key, k), v in auc[direction][-1].items()),
                 flush=True,
             )
 
@@ -185,9 +189,10 @@ def main() -> None:
         if auc[direction] and auc[direction][0]:
             aucs = {k: [one[k] for one in auc[direction]] for k in auc[direction][0]}
             print(
-                "novelty ROC AUC against the own test set, mean (min-max) over seeds: "
+                "ROC AUC against the own test set, mean (min-max) over seeds: "
                 + "; ".join(
-                    f"{k} {np.mean(v):.3f} ({min(v):.3f}-{max(v):.3f})" for k, v in aucs.items()
+                    f"{k} by {key} {np.mean(v):.3f} ({min(v):.3f}-{max(v):.3f})"
+                    for (key, k), v in aucs.items()
                 )
             )
         baseline = names[3]

@@ -169,22 +169,27 @@ def _classify(
         typer.echo(json.dumps(results[0] if single else results, indent=2))
         return
     title = f"{input}: certainty per model (threshold {clf.config.threshold:g}"
-    if clf.novelty is not None:
-        title += f"; novelty limit {clf.novelty['limit']:.3g}"
+    # the distances that decide "known" beside the certainties, with their limits
+    limits = {
+        "residual": None if clf.subspace is None else clf.subspace.limit,
+        "novelty": None if clf.novelty is None else clf.novelty["limit"],
+    }
+    checks = [key for key, limit in limits.items() if limit is not None]
+    for key in checks:
+        title += f"; {key} limit {limits[key]:.3g}"
     table = Table(title=title + ")")
-    table.add_column("spectrum", justify="right")
+    table.add_column("#", justify="right")
     for c in clf.classes:
         table.add_column(c, justify="right")
-    if clf.novelty is not None:
-        table.add_column("novelty", justify="right")
-    table.add_column("prediction")
+    for key in checks:
+        table.add_column(key, justify="right")
+    table.add_column("prediction", no_wrap=True)
     if trust is not None:
         table.add_column("GAN applicability (distance)")
     for i, r in enumerate(results):
         verdict = r["prediction"] if r["known"] else NONE_KNOWN
         row = [str(i), *(f"{r['certainties'][c]:.3f}" for c in clf.classes)]
-        if clf.novelty is not None:
-            row.append(f"{r['novelty']:.3g}")
+        row += [f"{r[key]:.3g}" for key in checks]
         row.append(verdict)
         if trust is not None:
             row.append(f"{r['applicability']['verdict']} ({r['applicability']['distance']:.3g})")

@@ -233,12 +233,14 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
         "## Does a classifier know what it does not know?",
         "",
         "Share of each set that a classifier assigns to one of the known models (some "
-        "certainty at or above its threshold and the novelty distance within its limit; "
-        'see `DUQClassifier.known`); it calls the rest "none of the known models". For the '
-        "out-of-distribution sets this should be near 0 %; where it is not, trust the "
-        "applicability verdicts above rather than the classifier. A translation should be "
-        "known to the classifier of its target domain: the deconvolved spectra to the "
-        "unconvolved classifier, the convolved ones to the convolved classifier.",
+        "certainty at or above its threshold, the residual the spectrum leaves off the "
+        "training spectra's principal directions within its limit, and the novelty distance "
+        "within its limit where one is set; see `DUQClassifier.known`); it calls the rest "
+        '"none of the known models". For the out-of-distribution sets this should be near '
+        "0 %; where it is not, trust the applicability verdicts above rather than the "
+        "classifier. A translation should be known to the classifier of its target domain: "
+        "the deconvolved spectra to the unconvolved classifier, the convolved ones to the "
+        "convolved classifier.",
         "",
     ]
     out += _table(
