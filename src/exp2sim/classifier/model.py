@@ -487,7 +487,7 @@ class DUQClassifier:
     def certainties(self, spectra: np.ndarray) -> np.ndarray:
         """Kernel values (n, C) in [0, 1] for one spectrum S or a stack (n, *S): the
         certainty that each spectrum comes from each class."""
-        return self._assess(spectra)[0]
+        return self._assess(spectra, distances=False)[0]
 
     def novelty_distance(self, spectra: np.ndarray) -> np.ndarray | None:
         """Mahalanobis distance (n,) of each spectrum's features from the training
@@ -506,14 +506,17 @@ class DUQClassifier:
         return self._assess(spectra)[2]
 
     def _assess(
-        self, spectra: np.ndarray
+        self, spectra: np.ndarray, distances: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Certainties (n, C), novelty distances (n,) or None and residuals (n,) or None,
-        from one network pass."""
+        from one network pass; distances=False: the certainties alone (the residuals cost
+        more than the network on the demo's mosaics)."""
         array = self._inputs(spectra)
         z, measured = normalise(array, self.config.percentile, self.config.compression)
         k, f = self._kernel_and_features(torch.from_numpy(z), torch.from_numpy(measured))
         distance = residual = None
+        if not distances:
+            return k, None, None
         if self.novelty is not None:
             distance = _mahalanobis(f, self.novelty["location"], self.novelty["precision"])
         if self.subspace is not None:
