@@ -333,12 +333,11 @@ class DUQClassifier:
             keep = np.sort(rng.choice(len(train), 2 * MAX_FIT_SPECTRA, replace=False))
         # each spectrum with its noisy copies in one fold: a copy lies near its spectrum
         # and must not be measured against directions fitted to it
-        originals = train[keep][origin[train[keep]] == train[keep]]
-        fold_of = np.zeros(len(origin), int)
-        folds = []
-        for _ in range(SUBSPACE_REPEATS):
-            fold_of[originals] = rng.permutation(len(originals)) % SUBSPACE_FOLDS
-            folds.append(fold_of[origin[train[keep]]])
+        spectra, of_row = np.unique(origin[train[keep]], return_inverse=True)
+        folds = [
+            (rng.permutation(len(spectra)) % SUBSPACE_FOLDS)[of_row]
+            for _ in range(SUBSPACE_REPEATS)
+        ]
         pixels = ~self.mask.ravel()
         # z is 0 where not measured (normalise)
         x, m = (a.reshape(len(a), -1)[train[keep]][:, pixels] for a in (z, measured))
