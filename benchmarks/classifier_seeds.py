@@ -51,7 +51,6 @@ from exp2sim.evaluation.pipeline import (
 )
 
 MEASURES = ("accuracy", "certainty", "margin")
-CHECKS = ("residual", "novelty")  # DUQClassifier.results' distances beside the certainties
 
 
 def pct(x: float | None) -> str:
@@ -115,9 +114,7 @@ def main() -> None:
                 {k: float(np.mean([r["known"] for r in rs])) for k, rs in answers.items()}
             )
             auc[direction].append({})
-            for key in CHECKS:
-                if key not in answers[next(iter(answers))][0]:
-                    continue
+            for key in clf.limits:
                 distance = {k: np.array([r[key] for r in rs]) for k, rs in answers.items()}
                 truth, *others = distance
                 auc[direction][-1].update(

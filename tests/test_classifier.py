@@ -280,6 +280,7 @@ def test_novelty_distance_rejects_noise_that_the_certainties_let_through(trained
     near = trained.novelty_distance(x) <= trained.novelty["limit"]
     assert near.mean() >= 0.85
     assert not (trained.novelty_distance(flat) <= trained.novelty["limit"]).any()
+    assert not (trained.novelty_distance(noise) <= trained.novelty["limit"]).any()
     d_noise, d_x = trained.novelty_distance(noise), trained.novelty_distance(x)
     assert np.median(d_noise) > 2 * np.median(d_x) and np.all(d_x >= 0)
 
@@ -311,17 +312,21 @@ def test_known_asks_all_three_rules(trained):
     near = trained.novelty_distance(stack) <= trained.novelty["limit"]
     within = trained.residual(stack) <= trained.subspace.limit
     np.testing.assert_array_equal(trained.known(stack), certain & near & within)
+    assert trained.limits == {
+        "residual": trained.subspace.limit,
+        "novelty": trained.novelty["limit"],
+    }
     assert trained.known(x).mean() >= 0.85 and not trained.known(stack[200:]).any()
     one = trained.results(stack[:1])[0]
     assert set(one) == {"certainties", "prediction", "known", "residual", "novelty"}
 
 
-def test_novelty_can_be_switched_off():
+def test_distance_checks_can_be_switched_off():
     x, y = dispersions(40, seed=0)
     config = ClassifierConfig(epochs=1, min_steps=0, device="cpu", residual_quantile=0)
     clf = DUQClassifier(config).fit(x, y, CLASSES)
     assert clf.novelty is None and clf.novelty_distance(x) is None
-    assert clf.subspace is None and clf.residual(x) is None
+    assert clf.subspace is None and clf.residual(x) is None and clf.limits == {}
     np.testing.assert_array_equal(clf.known(x), clf.certainties(x).max(1) >= 0.5)
     assert all(set(r) == {"certainties", "prediction", "known"} for r in clf.results(x[:2]))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from exp2sim.classifier import subspace
-from exp2sim.classifier.subspace import Subspace, calibrated
+from exp2sim.classifier.subspace import Subspace, calibrated, fold_labels
 
 P, K = 300, 3
 
@@ -79,7 +79,20 @@ def test_large_training_sets_are_subsampled_and_small_ones_keep_fewer_directions
     monkeypatch.setattr(subspace, "MAX_FIT_SPECTRA", 20)
     train, _ = spanned(100, seed=7)
     fitted = Subspace.fit(train, components=K)
+    # the mean of 20 of the spectra, not of all 100
+    assert not np.allclose(fitted.mean, train.mean(0))
     x, _ = spanned(5, seed=8)
     np.testing.assert_allclose(fitted.residuals(x, np.ones_like(x, bool)), 0, atol=1e-9)
     # 3 spectra span at most 2 directions around their mean
     assert Subspace.fit(train[:3], components=10).components.shape == (2, P)
+
+
+def test_fold_labels_keep_each_group_in_one_fold_and_fill_the_folds_evenly():
+    groups = np.repeat(np.arange(30), 3)[np.random.default_rng(1).permutation(90)]  # 3 rows each
+    labels = fold_labels(groups, folds=10, repeats=2, rng=np.random.default_rng(0))
+    assert labels.shape == (2, 90)
+    for draw in labels:
+        for g in range(30):
+            assert len(set(draw[groups == g])) == 1
+        assert np.array_equal(np.bincount(draw), np.full(10, 9))  # 3 groups per fold
+    assert not np.array_equal(labels[0], labels[1])  # two draws

@@ -170,13 +170,9 @@ def _classify(
         return
     title = f"{input}: certainty per model (threshold {clf.config.threshold:g}"
     # the distances that decide "known" beside the certainties, with their limits
-    limits = {
-        "residual": None if clf.subspace is None else clf.subspace.limit,
-        "novelty": None if clf.novelty is None else clf.novelty["limit"],
-    }
-    checks = [key for key, limit in limits.items() if limit is not None]
-    for key in checks:
-        title += f"; {key} limit {limits[key]:.3g}"
+    checks = clf.limits
+    for key, limit in checks.items():
+        title += f"; {key} limit {limit:.3g}"
     table = Table(title=title + ")")
     table.add_column("#", justify="right")
     for c in clf.classes:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from exp2sim.classifier.network import DUQNetwork, gradient_penalty
-from exp2sim.classifier.subspace import MAX_FIT_SPECTRA, Subspace, calibrated
+from exp2sim.classifier.subspace import MAX_FIT_SPECTRA, Subspace, calibrated, fold_labels
 from exp2sim.fileio import write_text_atomic
 from exp2sim.gan.checkpoint import load_state, read_info, save_state
 from exp2sim.gan.normalisation import IntensityScale
@@ -96,7 +96,7 @@ class ClassifierConfig:
     residual_quantile: float = 0.99
     # ... or the features' Mahalanobis distance beyond this quantile of in-distribution
     # distances (0: not used). Off by default: its limit depended on the draw. On the
-    # demo's mosaics seed 0's classifiers called only 59-61 % of their own test sets known
+    # demo's mosaics seed 0's classifiers called only 59-60 % of their own test sets known
     # with it, seed 1's 80-100 % of the digits (docs/measurements.md).
     novelty_quantile: float = 0.0
 
@@ -328,20 +328,21 @@ class DUQClassifier:
             return None
         # at most 2 x MAX_FIT_SPECTRA rows (memory: the paper's 5,000 mosaics would be 2 GB)
         rng = np.random.default_rng(cfg.seed + 3)
-        keep = np.arange(len(train))
+        rows = train
         if len(train) > 2 * MAX_FIT_SPECTRA:
-            keep = np.sort(rng.choice(len(train), 2 * MAX_FIT_SPECTRA, replace=False))
+            rows = np.sort(rng.choice(train, 2 * MAX_FIT_SPECTRA, replace=False))
         # each spectrum with its noisy copies in one fold: a copy lies near its spectrum
         # and must not be measured against directions fitted to it
-        spectra, of_row = np.unique(origin[train[keep]], return_inverse=True)
-        folds = [
-            (rng.permutation(len(spectra)) % SUBSPACE_FOLDS)[of_row]
-            for _ in range(SUBSPACE_REPEATS)
-        ]
-        pixels = ~self.mask.ravel()
-        # z is 0 where not measured (normalise)
-        x, m = (a.reshape(len(a), -1)[train[keep]][:, pixels] for a in (z, measured))
-        return calibrated(x, m, np.stack(folds), cfg.residual_components, cfg.residual_quantile)
+        folds = fold_labels(origin[rows], SUBSPACE_FOLDS, SUBSPACE_REPEATS, rng)
+        x, m = self._pixels(z, rows), self._pixels(measured, rows)  # z: 0 where unmeasured
+        return calibrated(x, m, folds, cfg.residual_components, cfg.residual_quantile)
+
+    def _pixels(self, a: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Rows (all, or those indexed by `rows`) of a stack (n, *S), flattened to the P
+        pixels that some training spectrum measures (n_rows, P): the subspace's inputs."""
+        flat = a.reshape(len(a), -1)
+        pixels = np.flatnonzero(~self.mask.ravel())
+        return flat[:, pixels] if rows is None else flat[np.ix_(rows, pixels)]
 
     def _fit_novelty(
         self,
@@ -492,9 +493,9 @@ class DUQClassifier:
         """Mahalanobis distance (n,) of each spectrum's features from the training
         spectra's (mean and shrunk covariance); above `novelty["limit"]` a spectrum is
         none of the known models whatever its certainties. None for a classifier without
-        novelty statistics (no held-out spectra, novelty_quantile 0, or saved before
-        they existed)."""
-        return self._assess(spectra)[1]
+        novelty statistics (novelty_quantile 0, the default; no held-out spectra; or saved
+        before they existed)."""
+        return self._assess(spectra)[1].get("novelty")
 
     def residual(self, spectra: np.ndarray) -> np.ndarray | None:
         """RMS residual (n,) of each spectrum's normalised input after the training
@@ -502,36 +503,39 @@ class DUQClassifier:
         `subspace.limit` a spectrum is none of the known models whatever its certainties.
         None for a classifier without them (residual_quantile 0, under 8 training spectra,
         or saved before they existed)."""
-        return self._assess(spectra)[2]
+        return self._assess(spectra)[1].get("residual")
+
+    @property
+    def limits(self) -> dict[str, float]:
+        """The checks of "known" beside the certainties that this classifier has, by the
+        name `results` gives their distances: {"residual": limit, "novelty": limit}."""
+        out = {}
+        if self.subspace is not None:
+            out["residual"] = self.subspace.limit
+        if self.novelty is not None:
+            out["novelty"] = self.novelty["limit"]
+        return out
 
     def _assess(
         self, spectra: np.ndarray, distances: bool = True
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Certainties (n, C), novelty distances (n,) or None and residuals (n,) or None,
-        from one network pass; distances=False: the certainties alone (the residuals cost
-        more than the network on the demo's mosaics)."""
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Certainties (n, C) and, by the names of `limits`, the distances (n,) that decide
+        "known", from one network pass; distances=False: the certainties alone (the
+        residuals cost more than the network on the demo's mosaics)."""
         array = self._inputs(spectra)
         z, measured = normalise(array, self.config.percentile, self.config.compression)
         k, f = self._kernel_and_features(torch.from_numpy(z), torch.from_numpy(measured))
-        distance = residual = None
-        if not distances:
-            return k, None, None
-        if self.novelty is not None:
-            distance = _mahalanobis(f, self.novelty["location"], self.novelty["precision"])
-        if self.subspace is not None:
-            pixels = ~self.mask.ravel()
-            x, m = (a.reshape(len(a), -1)[:, pixels] for a in (z, measured))
-            residual = self.subspace.residuals(x, m)
-        return k, distance, residual
+        found: dict[str, np.ndarray] = {}
+        if distances and self.subspace is not None:
+            found["residual"] = self.subspace.residuals(self._pixels(z), self._pixels(measured))
+        if distances and self.novelty is not None:
+            found["novelty"] = _mahalanobis(f, self.novelty["location"], self.novelty["precision"])
+        return k, found
 
-    def _known(
-        self, k: np.ndarray, distance: np.ndarray | None, residual: np.ndarray | None
-    ) -> np.ndarray:
+    def _known(self, k: np.ndarray, distances: dict[str, np.ndarray]) -> np.ndarray:
         known = k.max(1) >= self.config.threshold
-        if distance is not None:
-            known &= distance <= self.novelty["limit"]
-        if residual is not None:
-            known &= residual <= self.subspace.limit
+        for name, limit in self.limits.items():
+            known &= distances[name] <= limit
         return known
 
     def predict(self, spectra: np.ndarray) -> np.ndarray:
@@ -539,30 +543,24 @@ class DUQClassifier:
         return self.certainties(spectra).argmax(1)
 
     def known(self, spectra: np.ndarray) -> np.ndarray:
-        """Bool (n,): some certainty reaches the threshold, and the residual and the
-        novelty distance (where the classifier has them) stay within their limits; False:
-        "none of the known models"."""
+        """Bool (n,): some certainty reaches the threshold, and each distance of `limits`
+        stays within its limit; False: "none of the known models"."""
         return self._known(*self._assess(spectra))
 
     def results(self, spectra: np.ndarray) -> list[dict[str, Any]]:
         """Per spectrum: {"certainties": {class: value}, "prediction": class, "known": bool,
-        "residual": RMS residual, "novelty": distance (each absent where the classifier
-        has no limit for it)}; see `known`."""
-        k, distance, residual = self._assess(spectra)
-        known = self._known(k, distance, residual)
-        out = []
-        for i, row in enumerate(k):
-            r = {
+        and each distance of `limits` by its name ("residual", "novelty")}; see `known`."""
+        k, distances = self._assess(spectra)
+        known = self._known(k, distances)
+        return [
+            {
                 "certainties": {c: float(v) for c, v in zip(self.classes, row, strict=True)},
                 "prediction": self.classes[int(row.argmax())],
                 "known": bool(known[i]),
+                **{name: float(d[i]) for name, d in distances.items()},
             }
-            if residual is not None:
-                r["residual"] = float(residual[i])
-            if distance is not None:
-                r["novelty"] = float(distance[i])
-            out.append(r)
-        return out
+            for i, row in enumerate(k)
+        ]
 
     @property
     def validation_accuracy(self) -> float | None:
