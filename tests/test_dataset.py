@@ -88,6 +88,26 @@ def test_unreadable_chunks_are_computed_again(tmp_path):
     assert not (job.parts / "chunk-0000000.npz").exists()
 
 
+def test_fixed_l_is_its_own_job_and_shown_by_info(tmp_path):
+    """`--fixed-l` changes the intensities (not the mask), so a kinematic job's unfinished
+    work is not resumed under it, and `info` says where the intensities were taken."""
+    Job(SimulationConfig(n=2, **CUT), tmp_path / "d.h5").prepare()
+    with pytest.raises(ValueError, match="different job"):
+        Job(SimulationConfig(n=2, fixed_l=0.0, **CUT), tmp_path / "d.h5").prepare()
+    runner = CliRunner()
+    args = ["simulate", "--kind", "cut", "--n", "2", "--seed", "3", "--workers", "1"]
+    res = runner.invoke(app, [*args, "--fixed-l", "0", "--out", str(tmp_path / "l0.h5")])
+    assert res.exit_code == 0, res.output
+    Job(SimulationConfig(n=2, **CUT), tmp_path / "kin.h5").run(workers=1)
+    at_zero, kinematic = (read_dataset(tmp_path / f).signal for f in ("l0.h5", "kin.h5"))
+    assert np.array_equal(np.isnan(at_zero), np.isnan(kinematic))
+    assert not np.allclose(at_zero, kinematic, equal_nan=True)
+    res = runner.invoke(app, ["info", str(tmp_path / "l0.h5")])
+    assert res.exit_code == 0 and "L = 0 (--fixed-l)" in res.stdout
+    res = runner.invoke(app, [*args, "--fixed-l", "nan", "--out", str(tmp_path / "x.h5")])
+    assert res.exit_code == 2 and "--fixed-l must be a finite L" in res.stderr
+
+
 def _simulate(out: Path, extra: list[str]) -> subprocess.Popen:
     cmd = [
         sys.executable,

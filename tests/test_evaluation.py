@@ -86,6 +86,18 @@ def test_paper_smoke_config_runs_the_paper_networks_on_a_few_spectra():
     assert smoke.n_train < paper.n_train / 100 and smoke.n_test < paper.n_test / 100
 
 
+def test_fixed_l_reaches_every_simulation_of_an_evaluation(tmp_path):
+    """`fixed_l` (the original pipeline's convention) goes to the datasets' simulations;
+    absent, they take the kinematic L as before."""
+    from exp2sim.evaluation.data import _sim_config
+
+    f = tmp_path / "c.toml"
+    f.write_text("fixed_l = 0\n")
+    cfg = load_config(f)
+    assert cfg.fixed_l == 0.0 and _sim_config(cfg, "dimer", "montecarlo", 2, 1).fixed_l == 0.0
+    assert _sim_config(load_config("demo"), "dimer", "none", 2, 1).fixed_l is None
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -93,6 +105,7 @@ def test_paper_smoke_config_runs_the_paper_networks_on_a_few_spectra():
         ("n_test = 0\n", "n_test must be at least 1"),
         ('models = ["goodenough"]\n', "at least two models"),
         ("spread = 1.5\n", "spread must be in"),
+        ("fixed_l = nan\n", "fixed_l must be a finite L"),
         ("refine_iterations = -1\n", "refine_iterations must be at least 0"),
         ("classifier_seeds = 0\n", "classifier_seeds must be at least 1"),
         ("[classifier_convolved]\nseed = 3\n", "classifier_convolved must not set a seed"),

@@ -44,6 +44,13 @@ ResolutionOpt = Annotated[
 EiOpt = Annotated[float, typer.Option(help="Incident energy (meV) of volumes and cuts.")]
 FrequencyOpt = Annotated[float, typer.Option(help="Fermi chopper frequency (Hz).")]
 NmcOpt = Annotated[int, typer.Option(help="Integration points per bin (convolved spectra).")]
+FixedLOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Take intensities at this L (r.l.u.) instead of the kinematic L; 0 follows the "
+        "original pipeline whose mosaics the paper used."
+    ),
+]
 
 
 def _vector(text: str, what: str) -> np.ndarray:
@@ -239,6 +246,7 @@ def spectrum(
     ei: EiOpt = 140.0,
     frequency: FrequencyOpt = 400.0,
     n_mc: NmcOpt = 16,
+    fixed_l: FixedLOpt = None,
     plot: Annotated[Path | None, typer.Option(help="Also write a PNG of the spectrum.")] = None,
 ) -> None:
     """One spectrum on demand, in the layout of the real MAPS data (NaN where masked)."""
@@ -254,6 +262,7 @@ def spectrum(
             n_mc=n_mc,
             ei=ei,
             frequency=frequency,
+            fixed_l=fixed_l,
         )
         write_single_spectrum(config, params, out, plot)
         err_console.print(f"wrote {out}" + (f" and {plot}" if plot else ""))
@@ -279,6 +288,7 @@ def simulate(
             help="Draw from this fraction of each training range, centred on the best fit."
         ),
     ] = 1.0,
+    fixed_l: FixedLOpt = None,
     workers: Annotated[int | None, typer.Option(help="Local Dask workers (default: cores).")] = (
         None
     ),
@@ -308,6 +318,7 @@ def simulate(
             frequency=frequency,
             chunk=chunk,
             spread=spread,
+            fixed_l=fixed_l,
         )
         job = Job(config, out, overwrite=overwrite)
         with progress_bar("simulating", "rate") as bar:
@@ -364,6 +375,8 @@ def info(path: Annotated[Path, typer.Argument(help="An exp2sim dataset (.h5).")]
                 f"parameter {name}", f"{p.min():.4g} .. {p.max():.4g} (mean {p.mean():.4g})"
             )
         table.add_row("seed / n_mc", f"{c.get('seed')} / {c.get('n_mc')}")
+        if c.get("fixed_l") is not None:
+            table.add_row("intensities at", f"L = {c['fixed_l']:g} (--fixed-l), not kinematic")
         table.add_row("rejected unstable draws", str(d.n_rejected))
         console.print(table)
 

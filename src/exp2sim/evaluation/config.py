@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,10 @@ class EvaluationConfig:
     spread: the PCSMO models' parameters are drawn from this fraction of each training
       range, centred on the model's best fit (1 = the full ranges of DESIGN.md; see
       `SpinModel.around_best_fit`). The out-of-distribution magnets always use full ranges.
+    fixed_l: None (the default: every intensity at its pixel's kinematic L, as a
+      measurement has it) or the L (r.l.u.) at which every simulated spectrum takes its
+      intensities; 0 follows the original pipeline that made the paper's data
+      (`SimulationConfig.fixed_l`; README, "L, and the paper's data").
     gan / classifier: overrides of the GAN's TrainConfig (after `gan_preset`) and of the
     classifiers' ClassifierConfig; classifier_convolved: overrides, after `classifier`, for
     the classifier trained on convolved (experiment-like) spectra only.
@@ -66,6 +71,7 @@ class EvaluationConfig:
     n_mc: int = 4
     reference_bins: bool = True
     spread: float = 1.0
+    fixed_l: float | None = None
     seed: int = 0
     workers: int = 0  # local Dask workers (0: one per core)
     gan_preset: str = "small"
@@ -101,6 +107,12 @@ class EvaluationConfig:
             raise ValueError("n_train_convolved must be >= 4 and n_test >= 2")
         if not 0 < self.spread <= 1:
             raise ValueError(f"spread must be in (0, 1], got {self.spread}")
+        if self.fixed_l is not None:
+            self.fixed_l = float(self.fixed_l)
+            if not math.isfinite(self.fixed_l):
+                raise ValueError(
+                    f"fixed_l must be a finite L (r.l.u.) or absent, got {self.fixed_l}"
+                )
         if self.refine_iterations < 0:
             raise ValueError(f"refine_iterations must be at least 0, got {self.refine_iterations}")
         for name in ("classifier", "classifier_convolved"):

@@ -54,6 +54,7 @@ def _sim_config(cfg: EvaluationConfig, model: str, resolution: str, n: int, seed
         seed=seed,
         n_mc=cfg.n_mc,
         spread=cfg.spread,
+        fixed_l=cfg.fixed_l,
     )
 
 

@@ -149,7 +149,12 @@ def outlier_spectra(
 
     def job(model: str | Path, count: int, offset: int) -> tuple:
         config = SimulationConfig(
-            model=str(model), n=count, resolution="montecarlo", seed=seed + offset, n_mc=cfg.n_mc
+            model=str(model),
+            n=count,
+            resolution="montecarlo",
+            seed=seed + offset,
+            n_mc=cfg.n_mc,
+            fixed_l=cfg.fixed_l,
         )
         return config, folder / f"{Path(model).stem}_outliers.h5", None
 
@@ -303,7 +308,7 @@ def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) ->
         return SimulationConfig(
             model=model, n=n, kind="volume", resolution=resolution, seed=seed + offset,
             n_mc=cfg.n_mc, ei=float(v["ei"]), frequency=float(v["frequency"]),
-            shape=tuple(v["shape"]), chunk=2, spread=cfg.spread,
+            shape=tuple(v["shape"]), chunk=2, spread=cfg.spread, fixed_l=cfg.fixed_l,
         )  # fmt: skip
 
     test_config = config("montecarlo", int(v["n_test"]), 2)

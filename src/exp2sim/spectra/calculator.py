@@ -29,11 +29,20 @@ from exp2sim.spinwave.models.base import SpinModel
 class Kinematics:
     """Where each wave vector sits in the laboratory: the conventional lattice, the
     crystal's rotation psi (degrees) about the beam (c along the incident beam) and small
-    tilts of c away from the beam (degrees about x and y; see instrument.kinematics)."""
+    tilts of c away from the beam (degrees about x and y; see instrument.kinematics).
+
+    fixed_l: None (physics): intensities at the L that kinematics fixes for each (h, k, E).
+    A number: at that L instead (r.l.u.; which points are reachable still follows from
+    kinematics), the convention of the original pipeline whose mosaics the paper used: at
+    L = 0 ours correlate with its best-fit mosaics 0.875 and 0.871 against 0.701 and 0.683
+    at the kinematic L (Goodenough, Dimer; Monte Carlo; tests/test_spectra.py). With one
+    bilayer only the intensities depend on L (structure factor, form factor,
+    polarisation), not the energies."""
 
     lattice: Lattice
     psi: float = 0.0
     tilt: tuple[float, float] = (0.0, 0.0)
+    fixed_l: float | None = None
 
     def sperp(
         self,
@@ -49,7 +58,7 @@ class Kinematics:
         incident energy `ei`, from their group amplitudes (M, G, 3): L follows from
         kinematics; kinematically unreachable points give 0."""
         l_rlu, valid = kinematic_l(h, k, energy, ei, self.lattice, self.psi, self.tilt)
-        l_rlu = np.where(valid, l_rlu, 0.0)
+        l_rlu = np.where(valid, l_rlu if self.fixed_l is None else self.fixed_l, 0.0)
         hkl = np.stack(np.broadcast_arrays(h, k, l_rlu), axis=-1)
         q = hkl @ self.lattice.reciprocal  # Cartesian, crystal frame
         q_abs = np.linalg.norm(q, axis=-1)
@@ -81,13 +90,14 @@ class UnconvolvedSpectra:
         psi: float = 0.0,
         device: str | None = None,
         tilt: tuple[float, float] = (0.0, 0.0),
+        fixed_l: float | None = None,
     ) -> None:
         self.model = model
         self.bins = bins
         self.mask = np.zeros(bins.shape, dtype=bool) if mask is None else np.asarray(mask)
         if self.mask.shape != bins.shape:
             raise ValueError(f"mask shape {self.mask.shape} differs from layout {bins.shape}")
-        self.kin = Kinematics(conventional_lattice(model), psi, tuple(tilt))
+        self.kin = Kinematics(conventional_lattice(model), psi, tuple(tilt), fixed_l)
         self.swt = SpinWaveTheory(model.system, device=device)
         hk = np.stack([bins.h.ravel(), bins.k.ravel()], axis=1)
         self._hk, self._pixel_q = np.unique(np.round(hk, 9), axis=0, return_inverse=True)
@@ -269,6 +279,7 @@ class ConvolvedSpectra:
         psi: float = 0.0,
         chunk: int = 2048,
         tilt: tuple[float, float] = (0.0, 0.0),
+        fixed_l: float | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -277,7 +288,7 @@ class ConvolvedSpectra:
         self.model, self.bins, self.resolution = model, bins, resolution
         self.method, self.n_mc, self.chunk = method, int(n_mc), int(chunk)
         self.mask = np.zeros(bins.shape, dtype=bool) if mask is None else np.asarray(mask)
-        self.kin = Kinematics(conventional_lattice(model), psi, tuple(tilt))
+        self.kin = Kinematics(conventional_lattice(model), psi, tuple(tilt), fixed_l)
         self.swt = SpinWaveTheory(model.system)
         self.pixels = np.nonzero(~self.mask.ravel())[0]
         flat = {

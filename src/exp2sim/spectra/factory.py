@@ -67,7 +67,7 @@ def make_calculator(config: SimulationConfig) -> Callable[[np.ndarray], np.ndarr
     bins, mask, _ = make_bins_and_mask(config)
     psi, tilt = orientation(config)
     if config.resolution == "none":
-        return UnconvolvedSpectra(model, bins, mask, psi=psi, tilt=tilt)
+        return UnconvolvedSpectra(model, bins, mask, psi=psi, tilt=tilt, fixed_l=config.fixed_l)
     return ConvolvedSpectra(
         model,
         bins,
@@ -77,4 +77,5 @@ def make_calculator(config: SimulationConfig) -> Callable[[np.ndarray], np.ndarr
         n_mc=config.n_mc,
         psi=psi,
         tilt=tilt,
+        fixed_l=config.fixed_l,
     )

@@ -45,7 +45,9 @@ class SimulationConfig:
     ei, frequency: incident energy (meV) and Fermi chopper frequency (Hz) of a volume or
     cut; chunk: spectra per task; shape: (n_h, n_k, n_e) bins of a volume (() = 60^3);
     spread: draw each parameter from this fraction of its training range, centred on the
-    model's best fit (1 = the full ranges; see `SpinModel.around_best_fit`).
+    model's best fit (1 = the full ranges; see `SpinModel.around_best_fit`);
+    fixed_l: None (intensities at the kinematic L of each bin) or an L (r.l.u.) at which to
+    take them, 0 for the original pipeline's convention (spectra.calculator.Kinematics).
     """
 
     model: str = "goodenough"
@@ -60,6 +62,7 @@ class SimulationConfig:
     instrument: str = "MAPS"
     shape: tuple[int, ...] = ()
     spread: float = 1.0
+    fixed_l: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -77,6 +80,10 @@ class SimulationConfig:
             raise ValueError("--n-mc and --chunk must be at least 1")
         if not 0 < self.spread <= 1:
             raise ValueError(f"--spread must be in (0, 1], got {self.spread}")
+        if self.fixed_l is not None:
+            object.__setattr__(self, "fixed_l", float(self.fixed_l))
+            if not np.isfinite(self.fixed_l):
+                raise ValueError(f"--fixed-l must be a finite L (r.l.u.), got {self.fixed_l}")
         if self.instrument != "MAPS":
             raise ValueError(f"unknown instrument {self.instrument!r}: only MAPS is available")
 
@@ -100,6 +107,8 @@ class SimulationConfig:
             d.pop("shape")
         if d["spread"] == 1.0:
             d.pop("spread")
+        if d["fixed_l"] is None:
+            d.pop("fixed_l")
         return d
 
 
