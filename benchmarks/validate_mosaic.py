@@ -2,7 +2,9 @@
 
 Writes a figure (ours unconvolved, ours convolved, original) per model and prints the
 correlation over pixels unmasked in both, overall and per Ei block, and the agreement of our
-detector mask with the real experiment's.
+detector mask with the real experiment's. Each of ours twice: with intensities at the
+kinematic L (the default) and at L = 0 (`--fixed-l 0`), which the original pipeline's
+mosaics follow (README, "L, and the paper's data").
 
 Usage: python benchmarks/validate_mosaic.py [--out validation] [--resolution gaussian]
 """
@@ -10,6 +12,7 @@ Usage: python benchmarks/validate_mosaic.py [--out validation] [--resolution gau
 from __future__ import annotations
 
 import argparse
+import itertools
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,8 +42,10 @@ def main() -> None:
         _, mask, _ = make_bins_and_mask(SimulationConfig(model=name))
         print(f"{name}: our mask agrees with the experiment's on {np.mean(mask == real):.2%}")
         ok = ~mask & ~real
-        for resolution in ("none", args.resolution):
-            config = SimulationConfig(model=name, resolution=resolution, n_mc=args.n_mc)
+        for resolution, fixed_l in itertools.product(("none", args.resolution), (None, 0.0)):
+            config = SimulationConfig(
+                model=name, resolution=resolution, n_mc=args.n_mc, fixed_l=fixed_l
+            )
             image = make_calculator(config)(params)
             blocks = [
                 np.corrcoef(
@@ -49,16 +54,18 @@ def main() -> None:
                 )[0, 1]
                 for b in range(6)
             ]
+            at = "kinematic L" if fixed_l is None else f"L = {fixed_l:g}"
             print(
-                f"  {resolution:10s} correlation {np.corrcoef(image[ok], ref[ok])[0, 1]:.3f}; "
+                f"  {resolution:10s} {at:11s} correlation "
+                f"{np.corrcoef(image[ok], ref[ok])[0, 1]:.3f}; "
                 f"per Ei block {', '.join(f'{c:.2f}' for c in blocks)}"
             )
             plot_spectrum(
                 image,
                 "mosaic",
                 asdict(config),
-                args.out / f"{name}_{resolution}.png",
-                title=f"exp2sim {name}, resolution {resolution}",
+                args.out / f"{name}_{resolution}{'' if fixed_l is None else '_l0'}.png",
+                title=f"exp2sim {name}, resolution {resolution}, intensities at {at}",
             )
         shown = np.where(real, np.nan, ref)
         plot_spectrum(
