@@ -96,6 +96,9 @@ def test_fixed_l_reaches_every_simulation_of_an_evaluation(tmp_path):
     cfg = load_config(f)
     assert cfg.fixed_l == 0.0 and _sim_config(cfg, "dimer", "montecarlo", 2, 1).fixed_l == 0.0
     assert _sim_config(load_config("demo"), "dimer", "none", 2, 1).fixed_l is None
+    from exp2sim.evaluation.report import _l_convention
+
+    assert "Intensities at L = 0 (`fixed_l`" in _l_convention(cfg)
 
 
 @pytest.mark.parametrize(
@@ -414,6 +417,7 @@ def test_demo_runs_the_whole_evaluation_and_reuses_it(tmp_path):
     assert "benchmarks/classifier_seeds.py" in report  # the intervals leave out its seed
     assert report.count("Averaged over 2 classifiers (seeds 0 to 1)") == 2
     assert "**n/a** [" not in report  # no interval for a share without a gap
+    assert "Intensities at each pixel's kinematic L" in report  # no fixed_l
     # the report written from metrics.json (NaN there: null) is the one the run wrote
     from exp2sim.evaluation.report import render
 

@@ -84,6 +84,16 @@ def _per_classifier_lines(cfg: EvaluationConfig, m: dict, direction: str) -> lis
     ]
 
 
+def _l_convention(cfg: EvaluationConfig) -> str:
+    """The report's word on where the simulated intensities were taken in L."""
+    if cfg.fixed_l is None:
+        return " Intensities at each pixel's kinematic L, as a measurement has them."
+    return (
+        f" Intensities at L = {cfg.fixed_l:g} (`fixed_l`; at L = 0 as in the original "
+        "pipeline that made the paper's data), not at each pixel's kinematic L."
+    )
+
+
 def render(cfg: EvaluationConfig, m: dict) -> str:
     """The report as Markdown text."""
     out = [
@@ -98,7 +108,8 @@ def render(cfg: EvaluationConfig, m: dict) -> str:
             if cfg.spread == 1
             else f"uniform over {cfg.spread:.0%} of each training range, centred on the "
             "model's best fit (`spread`; the paper used the full ranges)."
-        ),
+        )
+        + _l_convention(cfg),
         "",
         "## Classification accuracy",
         "",
