@@ -56,7 +56,7 @@ class Kinematics:
     ) -> np.ndarray:
         """S_perp (M,) of M modes seen at (h, k) and energy transfer `energy` (meV) with
         incident energy `ei`, from their group amplitudes (M, G, 3): L follows from
-        kinematics; kinematically unreachable points give 0."""
+        kinematics (or is `fixed_l`); kinematically unreachable points give 0."""
         l_rlu, valid = kinematic_l(h, k, energy, ei, self.lattice, self.psi, self.tilt)
         l_rlu = np.where(valid, l_rlu if self.fixed_l is None else self.fixed_l, 0.0)
         hkl = np.stack(np.broadcast_arrays(h, k, l_rlu), axis=-1)
