@@ -96,6 +96,10 @@ def test_fixed_l_reaches_every_simulation_of_an_evaluation(tmp_path):
     cfg = load_config(f)
     assert cfg.fixed_l == 0.0 and _sim_config(cfg, "dimer", "montecarlo", 2, 1).fixed_l == 0.0
     assert _sim_config(load_config("demo"), "dimer", "none", 2, 1).fixed_l is None
+    # the out-of-distribution magnets and the 3D example take theirs from the same place
+    other = _sim_config(cfg, "rb2mnf4", "montecarlo", 2, 1, spread=1.0)
+    volume = _sim_config(cfg, "dimer", "none", 2, 1, kind="volume", shape=(8, 8, 8))
+    assert other.fixed_l == volume.fixed_l == 0.0 and (other.spread, volume.kind) == (1, "volume")
     from exp2sim.evaluation.report import _l_convention
 
     assert "Intensities at L = 0 (`fixed_l`" in _l_convention(cfg)

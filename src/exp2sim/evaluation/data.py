@@ -45,16 +45,15 @@ class Labelled:
         return len(self.signal)
 
 
-def _sim_config(cfg: EvaluationConfig, model: str, resolution: str, n: int, seed: int):
+def _sim_config(
+    cfg: EvaluationConfig, model: str, resolution: str, n: int, seed: int, **fields: object
+) -> SimulationConfig:
+    """One of the evaluation's simulations: a mosaic with the evaluation's points per bin,
+    spread and L convention; `fields` override any SimulationConfig field (the
+    out-of-distribution magnets' full ranges, the 3D example's volume)."""
+    settings = dict(kind="mosaic", n_mc=cfg.n_mc, spread=cfg.spread, fixed_l=cfg.fixed_l)
     return SimulationConfig(
-        model=model,
-        n=n,
-        kind="mosaic",
-        resolution=resolution,
-        seed=seed,
-        n_mc=cfg.n_mc,
-        spread=cfg.spread,
-        fixed_l=cfg.fixed_l,
+        model=str(model), n=n, resolution=resolution, seed=seed, **(settings | fields)
     )
 
 

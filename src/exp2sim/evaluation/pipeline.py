@@ -29,6 +29,7 @@ from exp2sim.evaluation import outliers
 from exp2sim.evaluation.config import DIRECTIONS, EvaluationConfig
 from exp2sim.evaluation.data import (
     Labelled,
+    _sim_config,
     build_datasets,
     cached_paired_parameters,
     layout,
@@ -148,14 +149,8 @@ def outlier_spectra(
     reference = data["train_convolved"].signal
 
     def job(model: str | Path, count: int, offset: int) -> tuple:
-        config = SimulationConfig(
-            model=str(model),
-            n=count,
-            resolution="montecarlo",
-            seed=seed + offset,
-            n_mc=cfg.n_mc,
-            fixed_l=cfg.fixed_l,
-        )
+        # other magnets: their full parameter ranges, whatever the evaluation's spread
+        config = _sim_config(cfg, model, "montecarlo", count, seed + offset, spread=1.0)
         return config, folder / f"{Path(model).stem}_outliers.h5", None
 
     per_magnet = max(2, -(-n // len(NEGATIVE_CONTROL_MAGNETS)))
@@ -305,10 +300,9 @@ def volume_example(cfg: EvaluationConfig, out: Path, cluster, stages: Stages) ->
     stem, seed = Path(model).stem, 10 * cfg.seed + 6
 
     def config(resolution: str, n: int, offset: int) -> SimulationConfig:
-        return SimulationConfig(
-            model=model, n=n, kind="volume", resolution=resolution, seed=seed + offset,
-            n_mc=cfg.n_mc, ei=float(v["ei"]), frequency=float(v["frequency"]),
-            shape=tuple(v["shape"]), chunk=2, spread=cfg.spread, fixed_l=cfg.fixed_l,
+        return _sim_config(
+            cfg, model, resolution, n, seed + offset, kind="volume", ei=float(v["ei"]),
+            frequency=float(v["frequency"]), shape=tuple(v["shape"]), chunk=2,
         )  # fmt: skip
 
     test_config = config("montecarlo", int(v["n_test"]), 2)
